@@ -1,0 +1,1 @@
+"""Seeded tiny models for tests, the demo and CPU benchmarks (no model hub here)."""
