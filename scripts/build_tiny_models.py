@@ -1,0 +1,42 @@
+"""Builds every tiny model the demo and the tests use into a ComfyUI `models` folder.
+
+    python scripts/build_tiny_models.py MODELS_DIR [--seed 0]
+
+Seeded random weights in the formats users have (no model hub is reachable here):
+  diffusion_models/m2chat-tiny-sdxl.safetensors   tiny SDXL UNet (native UNETLoader)
+  vae_approx/taesdxl_{encoder,decoder}.safetensors TAESD-format VAE (native VAELoader)
+ComfyUI must be importable: COMFYUI_PATH, or the set-up script's .comfyui/ComfyUI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from comfyui_env import COMFYUI_PATH, REPO
+
+
+def _import_comfyui_builder():
+    sys.path[:0] = [str(COMFYUI_PATH), str(REPO / "scripts")]
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+    args.cpu = True
+    from comfyui_tiny_sdxl.builder import build_tiny_comfyui_models
+    return build_tiny_comfyui_models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models_dir", type=Path, help="a ComfyUI models folder")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args(argv)
+    written = _import_comfyui_builder()(options.models_dir, seed=options.seed)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""A real ComfyUI for the demo and the tests: a throw-away base directory holding only
+this pack and the tiny-SDXL extension as custom nodes plus the tiny models, and ComfyUI's
+own `main.py` serving it on 127.0.0.1, started and stopped by its PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI")
+PACK_NAME = "m2chat"  # the folder name ComfyUI imports the pack under
+
+
+def prepare_base_directory(base: Path) -> Path:
+    """custom_nodes/ with links to this pack and the tiny-SDXL extension, models/ with
+    the tiny models, user/ for ComfyUI's database."""
+    custom_nodes = base / "custom_nodes"
+    custom_nodes.mkdir(parents=True, exist_ok=True)
+    (base / "user").mkdir(exist_ok=True)
+    for name, target in ((PACK_NAME, REPO), ("comfyui_tiny_sdxl", REPO / "scripts" / "comfyui_tiny_sdxl")):
+        link = custom_nodes / name
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_models.py"), str(base / "models")],
+                   check=True, capture_output=True, text=True)
+    return base
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, base_directory: Path, *, start_timeout: float = 180.0):
+        self.base_directory = base_directory
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base_directory / "server.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--disable-auto-launch", "--base-directory", str(base_directory),
+             "--database-url", f"sqlite:///{base_directory / 'user' / 'comfyui.db'}"],
+            cwd=COMFYUI_PATH, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_until_up(start_timeout)
+
+    def _wait_until_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited during start-up:\n{self.log()}")
+            try:
+                self.get("/object_info/KSampler")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"ComfyUI did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.load(response)
+
+    def post(self, path: str, payload: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    def queue(self, prompt: dict) -> str:
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        if status != 200:
+            raise AssertionError(f"/prompt refused the graph ({status}): {body}")
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 120.0) -> dict:
+        """The /history entry of a finished prompt (status and outputs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log()}")
+
+    def output_file(self, image: dict) -> Path:
+        return self.base_directory / "output" / image["subfolder"] / image["filename"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

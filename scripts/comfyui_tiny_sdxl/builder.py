@@ -1,0 +1,68 @@
+"""Builds the tiny SDXL UNet and TAESD-format VAE that ComfyUI's native loaders read.
+
+Built with ComfyUI's own layer classes, so the files have exactly the key layout of real
+SDXL files: `models/diffusion_models/<name>` (UNETLoader) and
+`models/vae_approx/taesdxl_{encoder,decoder}.safetensors` (VAELoader's "taesdxl").
+ComfyUI's layers skip weight initialisation, so every tensor is filled here, seeded:
+weights randn/sqrt(fan_in), norm weights 1, biases 0. Same seed, byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import comfy.ops
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfy.taesd.taesd import Decoder, Encoder
+
+TINY_UNET_NAME = "m2chat-tiny-sdxl.safetensors"
+# The smallest UNet that keeps SDXL's contracts: 2048-wide cross-attention context,
+# 2816-wide ADM vector (1280 pooled + 6 size ids x 256), 4 latent channels. One
+# attention level of 64 channels (ComfyUI's SDXL uses 64 channels per head).
+TINY_UNET_CONFIG = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+    "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [0, 1],
+    "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1,
+    "context_dim": 2048, "adm_in_channels": 2816, "num_classes": "sequential",
+    "use_linear_in_transformer": True, "use_temporal_attention": False,
+    "use_spatial_transformer": True, "num_head_channels": 64, "num_heads": -1,
+    "legacy": False, "use_checkpoint": False,
+}
+
+
+def _seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in module.state_dict().items():
+        if tensor.ndim >= 2:
+            fan_in = math.prod(tensor.shape[1:])
+            value = torch.randn(tensor.shape, generator=generator) / math.sqrt(fan_in)
+        elif name.endswith("bias"):
+            value = torch.zeros(tensor.shape)
+        else:  # norm weights and scalar parameters
+            value = torch.ones(tensor.shape)
+        state[name] = value.contiguous()
+    return state
+
+
+def build_tiny_comfyui_models(models_dir: str | Path, *, seed: int = 0) -> dict[str, Path]:
+    """Write the tiny UNet and taesdxl encoder/decoder under a ComfyUI models folder."""
+    models_dir = Path(models_dir)
+    with torch.device("meta"):
+        unet = UNetModel(**TINY_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+        encoder, decoder = Encoder(latent_channels=4), Decoder(latent_channels=4)
+    written = {
+        "unet": models_dir / "diffusion_models" / TINY_UNET_NAME,
+        "taesdxl_encoder": models_dir / "vae_approx" / "taesdxl_encoder.safetensors",
+        "taesdxl_decoder": models_dir / "vae_approx" / "taesdxl_decoder.safetensors",
+    }
+    for offset, (key, module) in enumerate(
+            (("unet", unet), ("taesdxl_encoder", encoder), ("taesdxl_decoder", decoder))):
+        path = written[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(_seeded_state_dict(module, seed + offset), str(path))
+    return written

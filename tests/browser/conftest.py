@@ -1,0 +1,48 @@
+"""Debian's Chromium driven by Playwright (never `playwright install`: no browser
+downloads here), headless, with a fresh profile per test."""
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "browser"
+
+
+@pytest.fixture(scope="session")
+def browser_context_factory(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium).")
+    with sync_playwright() as playwright:
+        contexts = []
+
+        def new_context():
+            context = playwright.chromium.launch_persistent_context(
+                str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
+                headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 900})
+            contexts.append(context)
+            return context
+
+        yield new_context
+        for context in contexts:
+            context.close()
+
+
+@pytest.fixture
+def page(browser_context_factory):
+    context = browser_context_factory()
+    page = context.pages[0] if context.pages else context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,30 @@
+"""The real ComfyUI frontend in Chromium sees the pack's nodes and runs a graph."""
+
+from tiny_graphs import tiny_story_page_graph
+
+
+def _open_app(page, url):
+    page.goto(url)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60_000)
+
+
+def test_frontend_registers_pack_nodes(page, comfy_server, artifacts_dir):
+    _open_app(page, comfy_server.url)
+    registered = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
+    assert "M2ChatStoryboard" in registered
+    assert "KSampler" in registered
+    page.screenshot(path=artifacts_dir / "frontend-loaded.png")
+    assert not page.errors, page.errors
+
+
+def test_graph_queued_from_the_page_runs(page, comfy_server, artifacts_dir):
+    """Queue an API-format graph through the page's own api client, as Run would."""
+    _open_app(page, comfy_server.url)
+    graph = tiny_story_page_graph(panels=2, filename_prefix="browser")
+    prompt_id = page.evaluate(
+        "async (graph) => (await window.app.api.queuePrompt(0, {output: graph, workflow: {}})).prompt_id",
+        graph)
+    entry = comfy_server.wait(prompt_id)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    page.screenshot(path=artifacts_dir / "frontend-after-run.png")
+    assert "images" in entry["outputs"]["save_page"]

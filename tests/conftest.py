@@ -1,0 +1,22 @@
+"""Fixtures shared by the test tiers: tests/unit (no ComfyUI), tests/comfy (ComfyUI
+in-process), tests/server (ComfyUI's HTTP server), tests/browser (Chromium)."""
+
+import pytest
+
+from comfyui_env import ComfyServer, prepare_base_directory
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """ComfyUI imported in this process with only this pack and the tiny-SDXL extension."""
+    from harness.in_process import ComfyInProcess
+
+    return ComfyInProcess(prepare_base_directory(tmp_path_factory.mktemp("comfyui-in-process")))
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """ComfyUI's main.py serving on a free port of 127.0.0.1, stopped after the session."""
+    server = ComfyServer(prepare_base_directory(tmp_path_factory.mktemp("comfyui-server")))
+    yield server
+    server.stop()
