@@ -20,3 +20,15 @@ def comfy_server(tmp_path_factory):
     server = ComfyServer(prepare_base_directory(tmp_path_factory.mktemp("comfyui-server")))
     yield server
     server.stop()
+
+
+TIER_ORDER = ("unit", "comfy", "server", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """Cheap tiers first; browser tests last, since Playwright's sync API keeps an event
+    loop running that ComfyUI's in-process asyncio.run() calls cannot share."""
+    def tier(item):
+        parts = item.path.parts
+        return next((TIER_ORDER.index(p) for p in parts if p in TIER_ORDER), len(TIER_ORDER))
+    items.sort(key=tier)
