@@ -5,6 +5,7 @@
 Seeded random weights in the formats users have (no model hub is reachable here):
   diffusion_models/m2chat-tiny-sdxl.safetensors   tiny SDXL UNet (native UNETLoader)
   vae_approx/taesdxl_{encoder,decoder}.safetensors TAESD-format VAE (native VAELoader)
+  LLM/m2chat-tiny-llava/                          tiny LLaVA-1.5-style VLM folder
 ComfyUI must be importable: COMFYUI_PATH, or the set-up script's .comfyui/ComfyUI.
 """
 
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 from comfyui_env import COMFYUI_PATH, REPO
+
+TINY_VLM_FOLDER = "m2chat-tiny-llava"
 
 
 def _import_comfyui_builder():
@@ -32,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models_dir", type=Path, help="a ComfyUI models folder")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
-    written = _import_comfyui_builder()(options.models_dir, seed=options.seed)
-    for path in written.values():
+    written = list(_import_comfyui_builder()(options.models_dir, seed=options.seed).values())
+    sys.path.insert(0, str(REPO))
+    from m2chat_core.tiny import build_tiny_vlm
+    written.append(build_tiny_vlm(options.models_dir / "LLM" / TINY_VLM_FOLDER, seed=options.seed))
+    for path in written:
         print(path)
     return 0
 
