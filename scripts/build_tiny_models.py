@@ -6,6 +6,7 @@ Seeded random weights in the formats users have (no model hub is reachable here)
   diffusion_models/m2chat-tiny-sdxl.safetensors   tiny SDXL UNet (native UNETLoader)
   vae_approx/taesdxl_{encoder,decoder}.safetensors TAESD-format VAE (native VAELoader)
   LLM/m2chat-tiny-llava/                          tiny LLaVA-1.5-style VLM folder
+  m2chat/m2chat-tiny-adapter.safetensors          untrained M³Adapter sized for that VLM
 ComfyUI must be importable: COMFYUI_PATH, or the set-up script's .comfyui/ComfyUI.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from comfyui_env import COMFYUI_PATH, REPO
 
 TINY_VLM_FOLDER = "m2chat-tiny-llava"
+TINY_ADAPTER_FILE = "m2chat-tiny-adapter.safetensors"
 
 
 def _import_comfyui_builder():
@@ -37,8 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     written = list(_import_comfyui_builder()(options.models_dir, seed=options.seed).values())
     sys.path.insert(0, str(REPO))
-    from m2chat_core.tiny import build_tiny_vlm
-    written.append(build_tiny_vlm(options.models_dir / "LLM" / TINY_VLM_FOLDER, seed=options.seed))
+    from m2chat_core.tiny import build_tiny_adapter, build_tiny_vlm
+    from m2chat_core.vlm import load_vlm
+
+    vlm_folder = build_tiny_vlm(options.models_dir / "LLM" / TINY_VLM_FOLDER, seed=options.seed)
+    info = load_vlm(vlm_folder).info
+    written += [vlm_folder, build_tiny_adapter(
+        options.models_dir / "m2chat" / TINY_ADAPTER_FILE, vlm_hidden_size=info.hidden_size,
+        vision_feature_size=info.vision_feature_size, trained_on_vlm=info.name, seed=options.seed)]
     for path in written:
         print(path)
     return 0

@@ -19,7 +19,8 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_other_weights(tmp
                            (("a", 0), ("b", 0), ("c", 1)))
     assert {"diffusion_models/m2chat-tiny-sdxl.safetensors",
             "vae_approx/taesdxl_encoder.safetensors", "vae_approx/taesdxl_decoder.safetensors",
-            "LLM/m2chat-tiny-llava/model.safetensors", "LLM/m2chat-tiny-llava/config.json"} <= set(first)
+            "LLM/m2chat-tiny-llava/model.safetensors", "LLM/m2chat-tiny-llava/config.json",
+            "m2chat/m2chat-tiny-adapter.safetensors"} <= set(first)
     assert first == again
     assert first.keys() == other.keys()
     changed = {name for name in first if first[name] != other[name]}
