@@ -4,18 +4,16 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import model_folders
+from .encode import M2ChatEncode
+from .loaders import M2ChatAdapterLoader, M2ChatVLMLoader
+from .story import M2ChatStory
 from .storyboard import M2ChatStoryboard
 
 
 class M2ChatExtension(ComfyExtension):
     @override
-    async def on_load(self) -> None:
-        model_folders.register()
-
-    @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [M2ChatStoryboard]
+        return [M2ChatVLMLoader, M2ChatAdapterLoader, M2ChatEncode, M2ChatStory, M2ChatStoryboard]
 
 
 async def comfy_entrypoint() -> M2ChatExtension:

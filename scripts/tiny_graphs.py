@@ -42,3 +42,52 @@ def tiny_story_page_graph(panels: int = 4, **kwargs) -> dict:
     graph["save_page"] = {"class_type": "SaveImage",
                           "inputs": {"images": ["page", 0], "filename_prefix": "storyboard"}}
     return graph
+
+
+TINY_VLM = "m2chat-tiny-llava"
+TINY_ADAPTER = "m2chat-tiny-adapter.safetensors"
+GENERATION = {"seed": 0, "max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0}
+
+
+def size_inputs(width: int, height: int) -> dict:
+    return {"width": width, "height": height, "target_width": width, "target_height": height}
+
+
+def model_loaders(adapter: str | None = TINY_ADAPTER, vlm: str = TINY_VLM) -> dict:
+    graph = {"vlm": {"class_type": "M2ChatVLMLoader",
+                     "inputs": {"vlm_name": vlm, "dtype": "float32", "quantization": "none",
+                                "trust_remote_code": False}}}
+    if adapter is not None:
+        graph["adapter"] = {"class_type": "M2ChatAdapterLoader", "inputs": {"adapter_name": adapter}}
+    return graph
+
+
+def encode_graph(prompt: str = "a red fox in the snow", *, width: int = 64, height: int = 64,
+                 task: str = "text_to_image", adapter: str | None = TINY_ADAPTER, **kwargs) -> dict:
+    """VLMLoader + AdapterLoader -> M2ChatEncode -> native tiny SDXL graph."""
+    graph = native_sdxl_graph(["encode", 0], ["encode", 1], width=width, height=height, **kwargs)
+    graph.update(model_loaders(adapter))
+    inputs = {"vlm": ["vlm", 0], "prompt": prompt, "task": task, "draw_mode": "always",
+              "gate_mode": "adapter", "gate_value": 0.5, **size_inputs(width, height), **GENERATION}
+    if adapter is not None:
+        inputs["adapter"] = ["adapter", 0]
+    graph["encode"] = {"class_type": "M2ChatEncode", "inputs": inputs}
+    return graph
+
+
+def story_graph(premise: str = "a fox who learns to fly", *, panels: int = 4, width: int = 64,
+                height: int = 64, **kwargs) -> dict:
+    """M2ChatStory -> one batch-N KSampler -> panels -> M2ChatStoryboard page."""
+    graph = native_sdxl_graph(["story", 0], ["story", 1], width=width, height=height,
+                              batch_size=panels, **kwargs)
+    graph.update(model_loaders())
+    graph["story"] = {"class_type": "M2ChatStory",
+                      "inputs": {"vlm": ["vlm", 0], "adapter": ["adapter", 0], "premise": premise,
+                                 "panels": panels, "gate_mode": "adapter", "gate_value": 0.5,
+                                 **size_inputs(width, height), **GENERATION}}
+    graph["page"] = {"class_type": "M2ChatStoryboard",
+                     "inputs": {"panels": ["decode", 0], "texts": ["story", 3], "title": "",
+                                "columns": 0, "font_size": 0}}
+    graph["save_page"] = {"class_type": "SaveImage",
+                          "inputs": {"images": ["page", 0], "filename_prefix": "storyboard"}}
+    return graph

@@ -1,0 +1,41 @@
+"""Stage-2 VLM deltas from an adapter file, applied the ComfyUI way: as patches on a
+clone of the VLM's ModelPatcher (like a LoRA on a UNet), so the loaded VLM stays stock
+and other graphs using it without this adapter are unaffected."""
+
+from __future__ import annotations
+
+from comfy.weight_adapter.lora import LoRAAdapter
+
+from ..m2chat_core.adapter_file import VLMDeltas
+
+MODULE_PREFIX = "module."  # ManagedModule holds the VLM as `module`
+LORA_DOWN, LORA_UP = ".lora_A.weight", ".lora_B.weight"
+
+
+def delta_patches(deltas: VLMDeltas) -> dict[str, object]:
+    """ModelPatcher patches: "full" deltas replace tensors ("set"); "lora" deltas become
+    LoRA patches on `<module>.weight` with scale alpha / rank, as peft computes it."""
+    if deltas.kind == "full":
+        return {MODULE_PREFIX + name: ("set", (tensor,)) for name, tensor in deltas.tensors.items()}
+    alpha = float(deltas.config.get("lora_alpha", deltas.config.get("r", 1)))
+    patches = {}
+    for name, down in deltas.tensors.items():
+        if name.endswith(LORA_DOWN):
+            module = name[: -len(LORA_DOWN)]
+            up = deltas.tensors[module + LORA_UP]
+            patches[f"{MODULE_PREFIX}{module}.weight"] = LoRAAdapter(set(), (up, down, alpha, None, None, None))
+    return patches
+
+
+def patched_vlm(vlm_patcher, deltas: VLMDeltas | None):
+    if deltas is None:
+        return vlm_patcher
+    patcher = vlm_patcher.clone()
+    patches = delta_patches(deltas)
+    applied = patcher.add_patches(patches)
+    missing = sorted(set(patches) - set(applied))
+    if missing:
+        raise ValueError(f"The adapter's VLM deltas name {len(missing)} weights this VLM does not "
+                         f"have (e.g. {missing[0].removeprefix(MODULE_PREFIX)}): it was trained on "
+                         "another VLM architecture. Load the VLM it was trained on.")
+    return patcher

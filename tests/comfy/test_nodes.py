@@ -1,0 +1,63 @@
+"""The pack's nodes in a real ComfyUI (in-process) on the tiny models."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiny_graphs import encode_graph, story_graph
+
+
+def _cached_output(comfy, node_id):
+    return comfy.executor.caches.outputs.get(node_id)
+
+
+def test_encode_drives_a_native_ksampler_graph(comfy):
+    outputs = comfy.run(encode_graph(width=96, height=64, filename_prefix="encode"))
+    saved, = comfy.saved_images(outputs, "save")
+    with Image.open(saved) as image:
+        assert image.size == (96, 64)
+    answer, caption = outputs["encode"]["text"]
+    assert isinstance(answer, str) and caption  # shown on the node in the UI
+
+
+def test_encode_conditioning_has_the_contract_shapes_and_size_keys(comfy):
+    encode = comfy.node_class("M2ChatEncode")
+    vlm = comfy.node_class("M2ChatVLMLoader").execute("m2chat-tiny-llava", "float32", "none", False)[0]
+    adapter = comfy.node_class("M2ChatAdapterLoader").execute("m2chat-tiny-adapter.safetensors")[0]
+    result = encode.execute(vlm, "a castle at dusk", "text_to_image", "always", "adapter", 0.5,
+                            96, 64, 192, 128, 0, 5, 0.0, 1.0, adapter=adapter)
+    positive, negative, answer, caption, session, gate = result.args
+    (cond, extras), = positive
+    assert cond.shape == (1, 77, 2048) and extras["pooled_output"].shape == (1, 1280)
+    assert {k: extras[k] for k in ("width", "height", "crop_w", "crop_h", "target_width", "target_height")} == \
+        {"width": 96, "height": 64, "crop_w": 0, "crop_h": 0, "target_width": 192, "target_height": 128}
+    (neg_cond, neg_extras), = negative
+    assert not neg_cond.any() and not neg_extras["pooled_output"].any()
+    assert 0.0 <= gate <= 1.0
+    assert len(session.turns) == 1 and session.turns[0].caption == caption
+
+
+def test_story_draws_four_different_panels_and_a_storyboard_page(comfy):
+    outputs = comfy.run(story_graph(panels=4, filename_prefix="story"))
+    panels = [np.asarray(Image.open(path)) for path in comfy.saved_images(outputs, "save")]
+    assert len(panels) == 4
+    assert all(not np.array_equal(panels[0], other) for other in panels[1:])
+    page, = comfy.saved_images(outputs, "save_page")
+    with Image.open(page) as image:
+        assert image.width > 2 * 64 and image.height > 2 * 64
+    story_text, = outputs["story"]["text"]
+    assert story_text.count("\n\n") == 3  # four numbered parts
+
+
+@pytest.mark.parametrize("combine", ["ConditioningCombine", "ConditioningConcat",
+                                     "ConditioningSetTimestepRange", "ConditioningZeroOut"])
+def test_conditioning_works_through_native_conditioning_nodes(comfy, combine):
+    graph = encode_graph(filename_prefix=f"combine-{combine}")
+    inputs = {"ConditioningCombine": {"conditioning_1": ["encode", 0], "conditioning_2": ["encode", 0]},
+              "ConditioningConcat": {"conditioning_to": ["encode", 0], "conditioning_from": ["encode", 0]},
+              "ConditioningSetTimestepRange": {"conditioning": ["encode", 0], "start": 0.0, "end": 0.5},
+              "ConditioningZeroOut": {"conditioning": ["encode", 0]}}[combine]
+    graph["mix"] = {"class_type": combine, "inputs": inputs}
+    graph["sampler"]["inputs"]["positive"] = ["mix", 0]
+    outputs = comfy.run(graph)
+    assert len(comfy.saved_images(outputs, "save")) == 1
