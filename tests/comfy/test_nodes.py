@@ -61,3 +61,39 @@ def test_conditioning_works_through_native_conditioning_nodes(comfy, combine):
     graph["sampler"]["inputs"]["positive"] = ["mix", 0]
     outputs = comfy.run(graph)
     assert len(comfy.saved_images(outputs, "save")) == 1
+
+
+def _loaded_vlm(comfy):
+    """The M2ChatVLM object ComfyUI's output cache holds for the graph's loader node."""
+    entry = comfy.executor.caches.outputs.get("vlm")
+    return entry.outputs[0][0]
+
+
+def test_cache_reruns_no_vlm_forward_for_the_same_graph_or_a_new_sampler_seed(comfy):
+    graph = encode_graph("a lighthouse in a storm", filename_prefix="cache")
+    comfy.run(graph)
+    counter = _loaded_vlm(comfy).counter
+    after_first = counter.total
+    assert after_first > 0
+    comfy.run(graph)
+    assert counter.total == after_first
+    graph["sampler"]["inputs"]["seed"] = 12345
+    outputs = comfy.run(graph)
+    assert counter.total == after_first
+    assert len(comfy.saved_images(outputs, "save")) == 1  # the sampler did run again
+    graph["encode"]["inputs"]["prompt"] = "a lighthouse in the sun"
+    comfy.run(graph)
+    assert counter.total > after_first  # control: a new prompt does reach the VLM
+
+
+def test_vlm_is_managed_by_comfyui_and_unloads(comfy):
+    import comfy.model_management as model_management
+
+    comfy.run(encode_graph("a snowy owl", filename_prefix="managed"))
+    vlm = _loaded_vlm(comfy)
+    loaded = [m for m in model_management.current_loaded_models if m.model.model is vlm.patcher.model]
+    assert loaded and loaded[0].model.model_size() > 0
+    assert loaded[0].model.model.memory_required() > 0
+    model_management.unload_all_models()
+    assert not any(m.model.model is vlm.patcher.model for m in model_management.current_loaded_models)
+    assert vlm.patcher.current_loaded_device() == vlm.patcher.offload_device
