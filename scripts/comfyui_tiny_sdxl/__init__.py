@@ -44,4 +44,22 @@ class TinySDXLConditioning:
         return ([[tokens.to(device), {"pooled_output": pooled.to(device)}]],)
 
 
-NODE_CLASS_MAPPINGS = {"TinySDXLConditioning": TinySDXLConditioning}
+class TinySDXLCLIPLoader:
+    """A native SDXL CLIP object with tiny seeded weights (see clip.py)."""
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    def load(self, seed):
+        from .clip import build_tiny_sdxl_clip
+
+        return (build_tiny_sdxl_clip(seed),)
+
+
+NODE_CLASS_MAPPINGS = {"TinySDXLConditioning": TinySDXLConditioning,
+                       "TinySDXLCLIPLoader": TinySDXLCLIPLoader}

@@ -34,7 +34,7 @@ TINY_UNET_CONFIG = {
 }
 
 
-def _seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in module.state_dict().items():
@@ -64,5 +64,5 @@ def build_tiny_comfyui_models(models_dir: str | Path, *, seed: int = 0) -> dict[
             (("unet", unet), ("taesdxl_encoder", encoder), ("taesdxl_decoder", decoder))):
         path = written[key]
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(_seeded_state_dict(module, seed + offset), str(path))
+        save_file(seeded_state_dict(module, seed + offset), str(path))
     return written

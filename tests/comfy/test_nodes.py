@@ -1,6 +1,7 @@
 """The pack's nodes in a real ComfyUI (in-process) on the tiny models."""
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -97,3 +98,40 @@ def test_vlm_is_managed_by_comfyui_and_unloads(comfy):
     model_management.unload_all_models()
     assert not any(m.model.model is vlm.patcher.model for m in model_management.current_loaded_models)
     assert vlm.patcher.current_loaded_device() == vlm.patcher.offload_device
+
+
+def test_without_an_adapter_a_native_sdxl_clip_encodes_the_caption(comfy):
+    graph = encode_graph("a blue bicycle", adapter=None, filename_prefix="clip-fallback")
+    graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": 0}}
+    graph["encode"]["inputs"]["clip"] = ["clip", 0]
+    outputs = comfy.run(graph)
+    assert len(comfy.saved_images(outputs, "save")) == 1
+    encode_outputs = comfy.executor.caches.outputs.get("encode").outputs
+    (cond, extras), = encode_outputs[0][0]
+    assert cond.shape == (1, 77, 2048) and extras["pooled_output"].shape == (1, 1280)
+    assert extras["width"] == 64 and extras["target_height"] == 64
+    clip = comfy.executor.caches.outputs.get("clip").outputs[0][0]
+    caption = encode_outputs[3][0]
+    expected, = clip.encode_from_tokens_scheduled(clip.tokenize(caption))
+    assert torch.equal(cond, expected[0])  # exactly the caption through that CLIP
+
+
+def test_cancel_stops_generation_within_a_token(comfy):
+    import comfy.model_management as model_management
+
+    vlm = comfy.node_class("M2ChatVLMLoader").execute("m2chat-tiny-llava", "float32", "none", False)[0]
+    adapter = comfy.node_class("M2ChatAdapterLoader").execute("m2chat-tiny-adapter.safetensors")[0]
+    fed = []
+    hook = vlm.loaded.input_embeddings.register_forward_hook(
+        lambda module, args, output: fed.append(args[0].shape[-1]))
+    model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(model_management.InterruptProcessingException):
+            comfy.node_class("M2ChatEncode").execute(
+                vlm, "a long tale", "storytelling", "always", "adapter", 0.5, 64, 64, 64, 64,
+                0, 50, 0.0, 1.0, adapter=adapter)
+    finally:
+        model_management.interrupt_current_processing(False)
+        hook.remove()
+    assert len(fed) <= 2  # the prompt, and at most the one token in flight
+    assert vlm.counter.total == 0
