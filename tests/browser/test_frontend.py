@@ -28,3 +28,24 @@ def test_graph_queued_from_the_page_runs(page, comfy_server, artifacts_dir):
     assert entry["status"]["status_str"] == "success", entry["status"]
     page.screenshot(path=artifacts_dir / "frontend-after-run.png")
     assert "images" in entry["outputs"]["save_page"]
+
+
+def test_answer_and_caption_show_on_the_encode_node(page, comfy_server, artifacts_dir):
+    from tiny_graphs import encode_graph
+
+    _open_app(page, comfy_server.url)
+    page.wait_for_function("() => window.app.extensionManager !== undefined")
+    graph = encode_graph("a paper boat", filename_prefix="browser-text")
+    # Put the graph on the canvas so the page has an M2ChatEncode node with id "encode".
+    page.evaluate("async (graph) => { await window.app.loadApiJson(graph, 'm2chat-test'); }", graph)
+    prompt_id = page.evaluate(
+        "async (graph) => (await window.app.api.queuePrompt(0, {output: graph, workflow: {}})).prompt_id",
+        graph)
+    entry = comfy_server.wait(prompt_id)
+    answer, caption = entry["outputs"]["encode"]["text"]
+    shown = page.wait_for_function(
+        """() => { const node = window.app.graph.getNodeById('encode');
+                   const w = node?.widgets?.find((w) => w.name === 'vlm_text');
+                   return w && w.value ? w.value : null; }""", timeout=30_000).json_value()
+    assert caption in shown
+    page.screenshot(path=artifacts_dir / "encode-shows-text.png")
