@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .adapter import ADAPTER_FORMAT_VERSION, AdapterConfigError, M3Adapter, M3AdapterConfig
 
@@ -151,13 +151,24 @@ def _write_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     # (A fresh name rather than mkstemp, so the file gets the user's usual permissions.)
     temporary_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        save_file(tensors, temporary_path, metadata=metadata)
-        with open(temporary_path, "rb+") as temporary:
+        with open(temporary_path, "wb") as temporary:
+            temporary.write(_canonical_safetensors(tensors, metadata))
+            temporary.flush()
             os.fsync(temporary.fileno())
         os.replace(temporary_path, path)
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
+
+
+def _canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors keeps metadata in a hash map whose order changes between processes;
+    the header is rewritten with sorted keys so the same adapter gives the same bytes."""
+    raw = save(tensors, metadata=metadata)
+    header_length = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + header_length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data section stays 8-byte aligned
+    return len(header).to_bytes(8, "little") + header + raw[8 + header_length :]
 
 
 def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:

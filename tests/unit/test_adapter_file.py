@@ -144,11 +144,10 @@ def test_overwrite_leaves_no_temporary_files(saved):
 def test_failed_write_keeps_the_old_file(saved, monkeypatch):
     before = saved.read_bytes()
 
-    def failing_save(tensors, filename, metadata):
-        Path(filename).write_bytes(b"partial")
+    def failing_fsync(descriptor):  # the bytes were written, but never reached the disk
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapter_file_module, "save_file", failing_save)
+    monkeypatch.setattr(adapter_file_module.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         save_adapter_file(saved, make_adapter(torch.bfloat16))
     assert saved.read_bytes() == before
@@ -311,3 +310,16 @@ def test_header_length_starting_with_the_pickle_byte_is_still_safetensors(tmp_pa
     else:
         pytest.fail("no padding gave a header length whose first byte is 0x80")
     assert load_adapter_file(path).config == CONFIG
+
+
+def test_same_adapter_gives_byte_identical_files_across_processes(tmp_path):
+    """safetensors orders metadata by a per-process hash; the file must not."""
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; from m2chat_core.tiny import build_tiny_adapter; "
+              "build_tiny_adapter(sys.argv[1], vlm_hidden_size=32, vision_feature_size=16, trained_on_vlm='x')")
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=Path(__file__).parents[2])
+    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
