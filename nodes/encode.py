@@ -10,50 +10,10 @@ from ..m2chat_core.encoder import DRAW_MODES
 from ..m2chat_core.prompt import TASKS
 from ..m2chat_core.session import ChatSession
 from .images import tensor_to_pil
-from .turn import (GATE_MODES, SizeConditioning, TurnSettings, adapter_conditioning, check_prompt,
+from .inputs import gate_inputs, generation_inputs, model_inputs, size_inputs
+from .turn import (SizeConditioning, TurnSettings, adapter_conditioning, check_prompt,
                    clip_conditioning, require_conditioning_source, run_turn)
-from .types import AdapterType, SessionType, VLMType
-
-MAX_SIZE = 16384
-
-
-def size_inputs() -> list:
-    return [
-        io.Int.Input("width", default=1024, min=64, max=MAX_SIZE, step=8,
-                     tooltip="Image width SDXL is told about (size conditioning); match the latent."),
-        io.Int.Input("height", default=1024, min=64, max=MAX_SIZE, step=8,
-                     tooltip="Image height SDXL is told about (size conditioning); match the latent."),
-        io.Int.Input("target_width", default=1024, min=64, max=MAX_SIZE, step=8,
-                     tooltip="SDXL's target-size conditioning; usually the same as width."),
-        io.Int.Input("target_height", default=1024, min=64, max=MAX_SIZE, step=8,
-                     tooltip="SDXL's target-size conditioning; usually the same as height."),
-    ]
-
-
-def generation_inputs(default_max_tokens: int) -> list:
-    return [
-        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                     tooltip="Seed of the VLM's sampling; the same seed gives the same text."),
-        io.Int.Input("max_new_tokens", default=default_max_tokens, min=1, max=4096,
-                     tooltip="Most tokens the VLM writes for the answer and for the caption, each."),
-        io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05,
-                       tooltip="0 picks the likeliest token (deterministic); higher is more varied."),
-        io.Float.Input("top_p", default=1.0, min=0.05, max=1.0, step=0.05,
-                       tooltip="Nucleus sampling: keep the smallest token set with this much probability."),
-    ]
-
-
-def model_inputs() -> list:
-    return [
-        VLMType.Input("vlm", tooltip="From M²Chat VLM Loader."),
-        AdapterType.Input("adapter", optional=True,
-                          tooltip="From M²Chat Adapter Loader. Without it, connect a CLIP: the "
-                                  "caption is then encoded by SDXL's own text encoders."),
-        io.Clip.Input("clip", optional=True,
-                      tooltip="SDXL CLIP for the no-adapter fallback; ignored when an adapter is connected."),
-        SessionType.Input("session", optional=True,
-                          tooltip="The session of the previous turn, to continue a conversation."),
-    ]
+from .types import SessionType
 
 
 class M2ChatEncode(io.ComfyNode):
@@ -77,11 +37,7 @@ class M2ChatEncode(io.ComfyNode):
                 io.Combo.Input("draw_mode", options=list(DRAW_MODES), default="always",
                                tooltip="always: every turn draws; auto: a tuned VLM decides "
                                        "(no picture blocks the sampler); never: text only."),
-                io.Combo.Input("gate_mode", options=list(GATE_MODES), default="adapter",
-                               tooltip="How image features and VLM features mix (Eq. 3): the "
-                                       "adapter's own mode, paper (cosine), learned, or fixed."),
-                io.Float.Input("gate_value", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="g for gate_mode fixed: 1 = VLM features only, 0 = image features only."),
+                *gate_inputs(),
                 *size_inputs(),
                 *generation_inputs(default_max_tokens=96),
             ],

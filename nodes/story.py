@@ -12,8 +12,8 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..m2chat_core.session import ChatSession
-from .encode import generation_inputs, model_inputs, size_inputs
-from .turn import (GATE_MODES, SizeConditioning, TurnSettings, adapter_conditioning, check_prompt,
+from .inputs import gate_inputs, generation_inputs, model_inputs, size_inputs
+from .turn import (SizeConditioning, TurnSettings, adapter_conditioning, check_prompt,
                    clip_conditioning, require_conditioning_source, run_turn)
 from .types import SessionType
 
@@ -41,10 +41,7 @@ class M2ChatStory(io.ComfyNode):
                                 tooltip="What the story is about."),
                 io.Int.Input("panels", default=4, min=1, max=MAX_PANELS,
                              tooltip="Story parts, one picture each; set the latent's batch size to match."),
-                io.Combo.Input("gate_mode", options=list(GATE_MODES), default="adapter",
-                               tooltip="How image features and VLM features mix (Eq. 3)."),
-                io.Float.Input("gate_value", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="g for gate_mode fixed."),
+                *gate_inputs(),
                 *size_inputs(),
                 *generation_inputs(default_max_tokens=64),
             ],
