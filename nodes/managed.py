@@ -39,9 +39,7 @@ def make_patcher(module: torch.nn.Module, *, hidden_size: int, num_layers: int):
         offload_device=comfy.model_management.text_encoder_offload_device())
 
 
-def load_for_use(*patchers) -> torch.device:
-    """Load the patchers (ComfyUI evicts others if it must); returns the device to run on."""
-    patchers = [patcher for patcher in patchers if patcher is not None]
+def load_for_use(*patchers) -> None:
+    """Load the patchers onto their load device; ComfyUI evicts other models if it must."""
     memory = sum(patcher.model.memory_required() for patcher in patchers)
-    comfy.model_management.load_models_gpu(patchers, memory_required=memory)
-    return patchers[0].load_device
+    comfy.model_management.load_models_gpu(list(patchers), memory_required=memory)

@@ -1,0 +1,65 @@
+"""Stage-2 VLM deltas in an adapter file change what the VLM computes while that adapter
+is used, and leave the loaded VLM stock for everything else."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2chat_core.adapter_file import VLMDeltas, load_adapter_file, save_adapter_file
+from tiny_graphs import TINY_ADAPTER, TINY_VLM
+
+NORM = "model.language_model.norm.weight"
+Q_PROJ = "model.language_model.layers.0.self_attn.q_proj"
+
+
+def _adapter_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("m2chat")[0])
+
+
+@pytest.fixture(scope="module")
+def delta_adapters(comfy):
+    folder = _adapter_folder()
+    stock = load_adapter_file(folder / TINY_ADAPTER).build_adapter()
+    hidden = stock.config.vlm_hidden_size
+    generator = torch.Generator().manual_seed(0)
+    deltas = {
+        "full-delta.safetensors": VLMDeltas("full", {NORM: torch.full((hidden,), 2.0)}),
+        "lora-delta.safetensors": VLMDeltas("lora", {
+            f"{Q_PROJ}.lora_A.weight": torch.randn(2, hidden, generator=generator),
+            f"{Q_PROJ}.lora_B.weight": torch.randn(hidden, 2, generator=generator)},
+            config={"r": 2, "lora_alpha": 4}),
+        "foreign-delta.safetensors": VLMDeltas("full", {"model.no_such.weight": torch.ones(3)}),
+    }
+    for name, delta in deltas.items():
+        save_adapter_file(folder / name, stock, delta)
+    return list(deltas)
+
+
+def _positive(comfy, vlm, adapter_name):
+    adapter = comfy.node_class("M2ChatAdapterLoader").execute(adapter_name)[0]
+    result = comfy.node_class("M2ChatEncode").execute(
+        vlm, "a red kite", "text_to_image", "always", "adapter", 0.5, 64, 64, 64, 64, 0, 4, 0.0, 1.0,
+        adapter=adapter)
+    return result.args[0][0][0]
+
+
+@pytest.mark.parametrize("adapter_name", ["full-delta.safetensors", "lora-delta.safetensors"])
+def test_deltas_apply_only_while_their_adapter_is_used(comfy, delta_adapters, adapter_name):
+    vlm = comfy.node_class("M2ChatVLMLoader").execute(TINY_VLM, "float32", "none", False)[0]
+    norm_before = vlm.loaded.model.state_dict()[NORM].clone()
+    stock = _positive(comfy, vlm, TINY_ADAPTER)
+    with_deltas = _positive(comfy, vlm, adapter_name)
+    assert not torch.equal(stock, with_deltas)
+    assert torch.equal(_positive(comfy, vlm, TINY_ADAPTER), stock)
+    import comfy.model_management as model_management
+    model_management.unload_all_models()
+    assert torch.equal(vlm.loaded.model.state_dict()[NORM], norm_before)
+
+
+def test_deltas_for_another_architecture_are_refused(comfy, delta_adapters):
+    vlm = comfy.node_class("M2ChatVLMLoader").execute(TINY_VLM, "float32", "none", False)[0]
+    with pytest.raises(ValueError, match="trained on another VLM architecture"):
+        _positive(comfy, vlm, "foreign-delta.safetensors")
