@@ -1,5 +1,9 @@
 """API-format graphs on the tiny models, shared by the demo and the ComfyUI test tiers."""
 
+from pathlib import Path
+
+from PIL import Image
+
 TINY_UNET = "m2chat-tiny-sdxl.safetensors"
 
 
@@ -91,3 +95,55 @@ def story_graph(premise: str = "a fox who learns to fly", *, panels: int = 4, wi
     graph["save_page"] = {"class_type": "SaveImage",
                           "inputs": {"images": ["page", 0], "filename_prefix": "storyboard"}}
     return graph
+
+
+# The shared workflows (workflows/*.json) on the tiny models: the files they name are
+# swapped for tiny ones, and their sizes shrunk, without touching anything else.
+TINY_FILE_INPUTS = {"M2ChatVLMLoader": {"vlm_name": TINY_VLM},
+                    "M2ChatAdapterLoader": {"adapter_name": TINY_ADAPTER}}
+# CheckpointLoaderSimple cannot read the tiny UNet: each of its outputs (MODEL, CLIP, VAE)
+# comes from a native loader of its own instead.
+TINY_CHECKPOINT_PARTS = [("UNETLoader", {"unet_name": TINY_UNET, "weight_dtype": "default"}),
+                         ("TinySDXLCLIPLoader", {"seed": 0}),
+                         ("VAELoader", {"vae_name": "taesdxl"})]
+TINY_INPUT_IMAGE = "m2chat-tiny-input.png"
+
+
+def small_run_inputs(size: int = 64, steps: int = 2, max_new_tokens: int = 4) -> dict[str, dict]:
+    """Input values by node type that make a shared workflow quick on the tiny models."""
+    turn = {**size_inputs(size, size), "max_new_tokens": max_new_tokens}
+    return {"EmptyLatentImage": {"width": size, "height": size}, "KSampler": {"steps": steps},
+            "M2ChatEncode": turn, "M2ChatStory": turn, "LoadImage": {"image": TINY_INPUT_IMAGE}}
+
+
+def set_inputs(api_prompt: dict, values_by_type: dict[str, dict]) -> dict:
+    """A copy of an API prompt with these input values on every node of these types."""
+    prompt = {node_id: {**node, "inputs": dict(node["inputs"])} for node_id, node in api_prompt.items()}
+    for node in prompt.values():
+        node["inputs"].update(values_by_type.get(node["class_type"], {}))
+    return prompt
+
+
+def swap_to_tiny_models(api_prompt: dict) -> dict:
+    """A copy of an API prompt that loads the tiny models instead of the ones it names."""
+    prompt = set_inputs(api_prompt, TINY_FILE_INPUTS)
+    checkpoints = [node_id for node_id, node in prompt.items() if node["class_type"] == "CheckpointLoaderSimple"]
+    for checkpoint in checkpoints:
+        del prompt[checkpoint]
+        for node in list(prompt.values()):
+            for name, value in node["inputs"].items():
+                if isinstance(value, list) and value[0] == checkpoint:
+                    part = f"{checkpoint}.{value[1]}"
+                    class_type, inputs = TINY_CHECKPOINT_PARTS[value[1]]
+                    prompt[part] = {"class_type": class_type, "inputs": dict(inputs)}
+                    node["inputs"][name] = [part, 0]
+    return prompt
+
+
+def write_tiny_input_image(input_folder: Path) -> str:
+    """A small picture under ComfyUI's input folder, for LoadImage; returns its name."""
+    input_folder.mkdir(parents=True, exist_ok=True)
+    gradient = Image.linear_gradient("L").resize((64, 64))
+    picture = Image.merge("RGB", (gradient, gradient.rotate(90), Image.new("L", (64, 64), 128)))
+    picture.save(input_folder / TINY_INPUT_IMAGE)
+    return TINY_INPUT_IMAGE
