@@ -50,7 +50,7 @@ def main() -> int:
     print(f"\nServer log: {server.log_path}\n"
           "These come from tiny models with random weights, so the pictures are noise and the\n"
           "story is gibberish. For real ones, install the pack into your ComfyUI and load the\n"
-          "workflows in workflows/ with real models (see README.md, 'Models').")
+          "workflows in workflows/ with real models (README.md, 'Where the models go').")
     return 0
 
 
