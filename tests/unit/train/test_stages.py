@@ -1,0 +1,133 @@
+"""Both stages through their real entry points (subprocesses), on the tiny assets: exports
+that m2chat_core loads, bad samples skipped and reported, TensorBoard logs, an export on
+demand from a checkpoint, and a kill -9 during stage 1 resumed to the uninterrupted result."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from m2chat_core.adapter_file import load_adapter_file
+from train.checkpoints import ADAPTER_FILE_NAME, STATE_FILE_NAME, list_checkpoints, read_state
+from train.export import main as export_main
+from train.trainer import DEFAULT_EXPORT_NAME
+
+STAGE1_RUN = ["--optim.max_steps=0", "--engine.checkpoint_every=5"]  # the whole epoch: 26 steps of 2 samples
+
+
+@pytest.fixture(scope="module")
+def stage1(runner, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage1")
+    result = runner.run(1, runner.overrides(1, output_dir) + STAGE1_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+@pytest.fixture(scope="module")
+def stage2(runner, stage1, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage2")
+    init_from = stage1[0] / DEFAULT_EXPORT_NAME
+    result = runner.run(2, runner.overrides(2, output_dir) + [f"--init-from={init_from}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    loaded = load_adapter_file(path)
+    tensors = {f"adapter.{name}": tensor for name, tensor in loaded.adapter_state.items()}
+    if loaded.vlm_deltas is not None:
+        tensors.update({f"vlm.{name}": tensor for name, tensor in loaded.vlm_deltas.tensors.items()})
+    return tensors
+
+
+def _max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
+    assert first.keys() == second.keys()
+    return max(float((first[name].float() - second[name].float()).abs().max()) for name in first)
+
+
+def test_stage1_exports_an_adapter_file_that_loads(stage1):
+    output_dir, result = stage1
+    loaded = load_adapter_file(output_dir / DEFAULT_EXPORT_NAME)
+    assert loaded.vlm_deltas is None  # stage 1 leaves the VLM alone
+    assert loaded.config.trained_on_vlm == "vlm"
+    assert (loaded.config.num_image_tokens, loaded.config.width, loaded.config.chosen_layers) == (4, 64, (-1, 2, 1))
+    assert "adapter" in result.stderr and "special_tokens" in result.stderr  # groups printed with their counts
+    assert read_state(list_checkpoints(output_dir / "checkpoints")[-1]).global_step == 26
+
+
+def test_corrupt_samples_are_skipped_counted_and_reported(stage1):
+    output_dir, result = stage1
+    assert "Skipped 3 bad samples in training (empty caption: 1, missing caption: 1, unreadable image: 1)" in result.stderr
+    events = EventAccumulator(str(output_dir / "logs" / "m2chat-stage1"))
+    events.Reload()
+    assert events.Scalars("train/skipped_samples")[-1].value == 3
+
+
+def test_tensorboard_logs_every_loss_term_and_the_gate(stage1, stage2):
+    for output_dir, stage, terms in ((stage1[0], 1, ("ddpm", "align")), (stage2[0], 2, ("ddpm", "align", "text"))):
+        events = EventAccumulator(str(output_dir / "logs" / f"m2chat-stage{stage}"))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        for name in (*terms, "total", "gate"):
+            assert f"train/{name}" in tags and f"validation/{name}" in tags
+        assert "validation/align_mean_baseline" in tags
+
+
+def test_stage2_exports_adapter_and_vlm_deltas(stage1, stage2):
+    loaded = load_adapter_file(stage2[0] / DEFAULT_EXPORT_NAME)
+    assert loaded.config.gate_mode == "learned"
+    deltas = loaded.vlm_deltas
+    assert deltas is not None and deltas.kind == "full"
+    assert any("multi_modal_projector" in name for name in deltas.tensors)
+    assert any(name.endswith("norm.weight") for name in deltas.tensors)
+    stage1_file = load_adapter_file(stage1[0] / DEFAULT_EXPORT_NAME)
+    changed = (loaded.adapter_state["learned_gate.scale"] != stage1_file.adapter_state["learned_gate.scale"]).item()
+    assert changed  # the gate's M³FT factor trains in stage 2
+
+
+def test_export_on_demand_from_a_checkpoint(stage1, tmp_path):
+    checkpoint = list_checkpoints(stage1[0] / "checkpoints")[-1]
+    out = tmp_path / "models" / "m2chat" / "from-checkpoint.safetensors"
+    assert export_main([str(checkpoint), "--out", str(out)]) == 0
+    assert _max_difference(_tensors(out), _tensors(stage1[0] / DEFAULT_EXPORT_NAME)) == 0.0
+    run_folder_export = tmp_path / "latest.safetensors"
+    assert export_main([str(stage1[0]), "--out", str(run_folder_export)]) == 0  # a run folder: its latest checkpoint
+    assert _max_difference(_tensors(run_folder_export), _tensors(out)) == 0.0
+    assert export_main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 1
+
+
+def _assert_checkpoints_complete(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.name.startswith("."):
+            continue  # a staging folder: never read as a checkpoint, removed on the next start
+        assert (entry / STATE_FILE_NAME).is_file(), f"incomplete checkpoint {entry}"
+        load_adapter_file(entry / ADAPTER_FILE_NAME)
+
+
+def test_kill_during_stage1_then_resume_latest_matches_uninterrupted_run(runner, stage1, tmp_path):
+    output_dir = tmp_path / "killed"
+    arguments = runner.overrides(1, output_dir) + STAGE1_RUN + ["--engine.report_to=none", "--data.validation=[]"]
+    process = runner.start(1, arguments)
+    checkpoints = output_dir / "checkpoints"
+    deadline = time.monotonic() + 150
+    while not (checkpoints / "checkpoint-10").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    assert not (output_dir / DEFAULT_EXPORT_NAME).exists()
+    _assert_checkpoints_complete(checkpoints)
+    assert read_state(list_checkpoints(checkpoints)[-1]).global_step < 26
+
+    resumed = runner.run(1, arguments + ["--resume=latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stderr
+    difference = _max_difference(_tensors(output_dir / DEFAULT_EXPORT_NAME), _tensors(stage1[0] / DEFAULT_EXPORT_NAME))
+    assert difference <= 1e-6

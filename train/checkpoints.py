@@ -1,0 +1,123 @@
+"""Atomic training checkpoints: `<output_dir>/checkpoints/checkpoint-<step>/`.
+
+A checkpoint holds accelerate's state (optimizer, LR scheduler, RNG states, sampler),
+the trained weights as an adapter file (adapter + VLM deltas, the same format as the
+export), `trainer_state.json` and the run's `config.yaml`. It is written into a hidden
+staging folder and renamed into place when complete, so a killed run never leaves a
+half-written `checkpoint-*`; leftover staging folders are removed on the next start.
+Rotation keeps the newest `engine.checkpoint_total_limit` (accelerate's own rotation
+only works with its in-place automatic naming, which cannot be atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILE_NAME = "m2chat-adapter.safetensors"
+STATE_FILE_NAME = "trainer_state.json"
+CONFIG_FILE_NAME = "config.yaml"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_STAGING_PREFIX = ".staging-"
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint folder is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    stage: int
+    global_step: int  # optimizer steps completed
+
+
+def checkpoints_folder(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in folder.iterdir() if (match := _CHECKPOINT.match(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    checkpoints = list_checkpoints(folder)
+    return checkpoints[-1] if checkpoints else None
+
+
+def read_state(checkpoint: Path) -> TrainerState:
+    state_file = checkpoint / STATE_FILE_NAME
+    if not state_file.is_file() or not (checkpoint / ADAPTER_FILE_NAME).is_file():
+        raise CheckpointError(
+            f"{checkpoint} is not a complete m2chat checkpoint (it needs {STATE_FILE_NAME} and {ADAPTER_FILE_NAME})."
+        )
+    return TrainerState(**json.loads(state_file.read_text()))
+
+
+def remove_staging_leftovers(folder: Path) -> None:
+    """Delete staging folders of a run that was killed while saving."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(_STAGING_PREFIX):
+                logger.warning("Removing the unfinished checkpoint %s left by an interrupted run", path.name)
+                shutil.rmtree(path)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    folder: Path,
+    state: TrainerState,
+    write_files: Callable[[Path], None],
+    total_limit: int,
+) -> Path:
+    """Save accelerate's state plus `write_files(staging folder)` (main process) as
+    checkpoint-<step>, atomically; every process must call this."""
+    final = folder / f"checkpoint-{state.global_step}"
+    staging = folder / f"{_STAGING_PREFIX}checkpoint-{state.global_step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        write_files(staging)
+        (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
+        _fsync_tree(staging)
+        if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        _fsync_directory(folder)
+        for old in list_checkpoints(folder)[:-total_limit]:
+            shutil.rmtree(old)
+        logger.info("Saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+    _fsync_directory(folder)
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,121 @@
+"""One M³FT step's computation: teacher-forced VLM -> M³Adapter -> frozen UNet, and the
+losses of Eq. 6 (stage 1) or Eq. 7 (stage 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from m2chat_core.adapter import M3Adapter
+from m2chat_core.losses import alignment_loss, diffusion_loss, stage1_loss, stage2_loss, text_loss
+from m2chat_core.teacher_forcing import TeacherForcingBatch, teacher_force
+from m2chat_core.vlm import LoadedVLM
+
+from .data.batches import TrainingBatch
+from .sdxl import FrozenEncoders
+
+
+@dataclass(frozen=True)
+class DiffusionTargets:
+    """What the step compares against: CLIP targets (Eq. 2) and the noised latents (Eq. 4-5)."""
+
+    context: torch.Tensor  # (B, 77, 2048) e_clip
+    pooled: torch.Tensor  # (B, 1280) e_pclip
+    latents: torch.Tensor  # (B, 4, R/8, R/8) scaled VAE latents, the clean x_0
+    noise: torch.Tensor  # ε, same shape
+    timesteps: torch.Tensor  # (B,) long
+    time_ids: torch.Tensor  # (B, 6) SDXL size and crop ids
+
+
+def diffusion_targets(
+    batch: TrainingBatch,
+    frozen: FrozenEncoders,
+    generator: torch.Generator,
+    num_train_timesteps: int,
+    device: torch.device,
+) -> DiffusionTargets:
+    """Targets from the cache or the frozen encoders; the latent sample, noise and
+    timesteps come from `generator` (seeded per step, so a resumed run draws the same)."""
+    if batch.cached is not None:
+        cached = batch.cached
+        context, pooled, time_ids = cached.context, cached.pooled, cached.time_ids
+        latent_mean, latent_std = cached.latent_mean, cached.latent_std
+    else:
+        context, pooled = frozen.caption_targets(list(batch.captions))
+        latent_mean, latent_std = frozen.latent_distribution(batch.pixels)
+        time_ids = batch.time_ids
+    latent_mean, latent_std = latent_mean.float().cpu(), latent_std.float().cpu()
+    latents = (latent_mean + latent_std * torch.randn(latent_mean.shape, generator=generator)) * frozen.latent_scaling_factor
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator)
+    return DiffusionTargets(
+        context=context.to(device, torch.float32),
+        pooled=pooled.to(device, torch.float32),
+        latents=latents.to(device),
+        noise=noise.to(device),
+        timesteps=timesteps.to(device),
+        time_ids=time_ids.to(device, torch.float32),
+    )
+
+
+class M3FTModel(nn.Module):
+    """Everything a step runs, as one module so that accelerate/DDP see every trainable
+    parameter (the adapter's and, in stage 2, the VLM's). Returns a dict of scalars:
+    "total", each loss term, and "gate" (the mean g of the batch). Called with None
+    (a batch whose samples were all skipped) it returns a zero loss that still touches
+    every trainable parameter, so distributed gradient reduction stays in step."""
+
+    def __init__(
+        self,
+        vlm: LoadedVLM,
+        adapter: M3Adapter,
+        unet: UNet2DConditionModel,
+        noise_scheduler: DDPMScheduler,
+        *,
+        stage: int,
+        phi: float,
+        lambda_text: float,
+    ) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.vlm_model = vlm.model  # registered: stage 2 trains parts of it
+        self.unet = unet
+        self.vlm = vlm
+        self.noise_scheduler = noise_scheduler
+        self.stage, self.phi, self.lambda_text = stage, phi, lambda_text
+
+    def forward(
+        self, forced: TeacherForcingBatch | None, targets: DiffusionTargets | None
+    ) -> dict[str, torch.Tensor]:
+        if forced is None or targets is None:
+            return {"total": sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad) * 0.0}
+        adapter = self.adapter
+        vlm_output = teacher_force(
+            self.vlm,
+            forced,
+            adapter.special_token_embeddings,
+            adapter.config.chosen_layers,
+            with_text_logits=self.stage == 2,
+        )
+        adapted = adapter(vlm_output.features)  # h_align (B, 77, 2048), h_palign (B, 1280)
+        align = alignment_loss(adapted.context, adapted.pooled, targets.context, targets.pooled)  # Eq. 2
+
+        noisy_latents = self.noise_scheduler.add_noise(targets.latents, targets.noise, targets.timesteps)
+        unet_dtype = self.unet.dtype
+        predicted_noise = self.unet(  # Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)
+            noisy_latents.to(unet_dtype),
+            targets.timesteps,
+            encoder_hidden_states=adapted.context.to(unet_dtype),
+            added_cond_kwargs={"text_embeds": adapted.pooled.to(unet_dtype), "time_ids": targets.time_ids.to(unet_dtype)},
+        ).sample
+        ddpm = diffusion_loss(predicted_noise, targets.noise)  # Eq. 5
+
+        if self.stage == 1:
+            losses = stage1_loss(ddpm, align, self.phi)  # Eq. 6
+        else:
+            text = text_loss(vlm_output.logits, vlm_output.labels)
+            losses = stage2_loss(ddpm, align, text, self.phi, self.lambda_text)  # Eq. 7
+        return {"total": losses.total, **losses.terms, "gate": adapted.gate.mean().detach()}

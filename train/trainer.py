@@ -1,0 +1,431 @@
+"""The M³FT trainer (both stages). `fit()` is the list of steps of a run; each step is a
+small method. Reproducible by construction: the data order is a seeded sampler per
+epoch, and every random draw of a step (latent sample, noise, timesteps) comes from a
+generator seeded by (seed, epoch, batch), so `--resume latest` continues exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
+from diffusers.optimization import get_scheduler
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from m2chat_core.adapter import trainable_parameter_groups
+from m2chat_core.adapter_file import load_adapter_file, save_adapter_file
+from m2chat_core.vlm import load_vlm
+
+from .adapter_init import adapter_from_file, mean_caption_targets, new_adapter, start_at_mean_target
+from .checkpoints import (
+    ADAPTER_FILE_NAME,
+    CONFIG_FILE_NAME,
+    CheckpointError,
+    TrainerState,
+    checkpoints_folder,
+    latest_checkpoint,
+    read_state,
+    remove_staging_leftovers,
+    save_checkpoint,
+)
+from .config import Stage1Config, TrainConfig
+from .data.batches import TrainingBatch
+from .loaders import make_loader
+from .objective import DiffusionTargets, M3FTModel, diffusion_targets
+from .sdxl import FrozenEncoders, load_sdxl
+from .validation import evaluate
+from .vlm_training import VLM_GROUPS, enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPORT_NAME = "m2chat-adapter.safetensors"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_MIXED_PRECISION_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; a resumable checkpoint was saved first."""
+
+
+@dataclass
+class FitResult:
+    global_step: int
+    export_path: Path
+    validation: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> metrics
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples, over all processes
+
+
+def step_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded by a hash of `parts` (seed, epoch, batch...)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class Trainer:
+    """Runs one M³FT stage from a validated config: `Trainer(config).fit()`."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.stage = config.stage
+        self.global_step = 0
+        self.saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
+        self.skipped: Counter = Counter()
+        self.validation: dict[int, dict[str, float]] = {}
+
+    def fit(self) -> FitResult:
+        self.prepare_accelerator()
+        self.load_models()
+        self.select_trainable_groups()
+        self.prepare_data()
+        self.initialise_adapter_outputs()
+        self.prepare_optimizer()
+        self.prepare_distributed()
+        self.resume_if_requested()
+        self.log_start()
+        if self.global_step == 0:
+            self.validate()
+        self.train()
+        self.validate()
+        return self.finish()
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def prepare_accelerator(self) -> None:
+        engine = self.config.engine
+        self.output_dir = Path(engine.output_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=self.config.optim.gradient_accumulation_steps,
+            mixed_precision=engine.mixed_precision,
+            log_with=None if engine.report_to == "none" else engine.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=engine.seed),
+            # Stage 1 samples have no input image, so the adapter's f_img branch gets no gradient.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(engine.seed)
+        self.checkpoints = checkpoints_folder(self.output_dir)
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_staging_leftovers(self.checkpoints)
+            (self.output_dir / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
+    def load_models(self) -> None:
+        model = self.config.model
+        dtype = self._weight_dtype()
+        device = self.accelerator.device
+        self.vlm = load_vlm(model.vlm, dtype=dtype, device=device, trust_remote_code=model.trust_remote_code)
+        self.sdxl = load_sdxl(model.sdxl, model.sdxl_config or None, dtype, device)
+        self.frozen = FrozenEncoders(self.sdxl)
+        if isinstance(self.config, Stage1Config):
+            self.adapter = new_adapter(self.config.adapter, self.vlm)
+        else:
+            self.adapter = adapter_from_file(self.config.init_from, self.vlm, self.config.gate_mode)
+
+    def _weight_dtype(self) -> torch.dtype:
+        name = self.config.model.weight_dtype
+        return _MIXED_PRECISION_DTYPES[self.config.engine.mixed_precision] if name == "auto" else _DTYPES[name]
+
+    def select_trainable_groups(self) -> None:
+        """Freeze everything, then unfreeze exactly the configured groups."""
+        config = self.config
+        adapter_groups = trainable_parameter_groups(self.adapter, self.stage)
+        self.adapter.requires_grad_(False)  # SDXL is loaded frozen
+        vlm_groups = enable_vlm_groups(
+            self.vlm.model, [group for group in config.groups if group in VLM_GROUPS], getattr(config, "lora", None)
+        )
+        self.groups = {group: {**adapter_groups, **vlm_groups}[group] for group in config.groups}
+        self.trainable = [parameter for group in self.groups.values() for parameter in group.values()]
+        for parameter in self.trainable:
+            parameter.requires_grad_(True)
+        if config.model.gradient_checkpointing:
+            self.vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.sdxl.unet.enable_gradient_checkpointing()
+        # Train mode for LoRA dropout and gradient checkpointing; the tiny and LLaVA
+        # language models have no other dropout.
+        self.vlm.model.train(bool(vlm_groups) or config.model.gradient_checkpointing)
+        self.model = M3FTModel(
+            self.vlm,
+            self.adapter,
+            self.sdxl.unet,
+            self.sdxl.noise_scheduler,
+            stage=self.stage,
+            phi=config.loss.phi,
+            lambda_text=config.loss.lambda_text,
+        )
+
+    def prepare_data(self) -> None:
+        data = self.config.data
+        self.train_loader = self.accelerator.prepare_data_loader(self._loader(data.train, shuffle=True), device_placement=False)
+        self.validation_loader = self._loader(data.validation, shuffle=False) if data.validation else None
+
+    def _loader(self, entries: tuple[str, ...], *, shuffle: bool) -> DataLoader:
+        return make_loader(
+            self.config,
+            entries,
+            shuffle=shuffle,
+            vlm=self.vlm,
+            num_image_tokens=self.adapter.config.num_image_tokens,
+            sdxl=self.sdxl,
+            frozen=self.frozen,
+            cache_guard=self.accelerator.main_process_first,
+        )
+
+    def initialise_adapter_outputs(self) -> None:
+        """Stage 1: the output heads start at the mean CLIP target (adapter.mean_init_samples)."""
+        if not isinstance(self.config, Stage1Config) or not self.config.adapter.mean_init_samples:
+            return
+        dataset = self.train_loader.dataset
+        mean_context, mean_pooled = mean_caption_targets(
+            (dataset[index] for index in range(len(dataset))), self.frozen, self.config.adapter.mean_init_samples
+        )
+        start_at_mean_target(self.adapter, mean_context, mean_pooled)
+        logger.info("The adapter's output heads start at the mean CLIP target of the first training samples")
+
+    def prepare_optimizer(self) -> None:
+        optim = self.config.optim
+        decayed = [parameter for parameter in self.trainable if parameter.ndim >= 2]
+        not_decayed = [parameter for parameter in self.trainable if parameter.ndim < 2]  # norms, biases, gate
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decayed, "weight_decay": optim.weight_decay}, {"params": not_decayed, "weight_decay": 0.0}],
+            lr=optim.lr,
+            betas=optim.betas,
+            eps=optim.eps,
+        )
+        if not len(self.train_loader):
+            raise ValueError(f"data.train {list(self.config.data.train)} holds no samples.")
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / optim.gradient_accumulation_steps)
+        self.max_steps = optim.epochs * self.steps_per_epoch
+        if optim.max_steps:
+            self.max_steps = min(self.max_steps, optim.max_steps)
+        processes = self.accelerator.num_processes  # the prepared scheduler steps once per process
+        self.lr_scheduler = get_scheduler(
+            optim.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=optim.warmup_steps * processes,
+            num_training_steps=self.max_steps * processes,
+        )
+
+    def prepare_distributed(self) -> None:
+        accelerator = self.accelerator
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
+        # The trained weights go into each checkpoint as an adapter file (write_checkpoint_files);
+        # keep accelerate from also saving and loading the whole model with its frozen VLM and UNet.
+        accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+        accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+    def resume_if_requested(self) -> None:
+        resume = self.config.resume
+        if not resume:
+            return
+        checkpoint = latest_checkpoint(self.checkpoints) if resume == "latest" else Path(resume)
+        if checkpoint is None:
+            logger.info("--resume latest: no checkpoint in %s yet, starting from the beginning", self.checkpoints)
+            return
+        state = read_state(checkpoint)
+        if state.stage != self.stage:
+            raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.")
+        self.accelerator.load_state(str(checkpoint))
+        trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
+        self.adapter.load_state_dict(trained.adapter_state)
+        if trained.vlm_deltas is not None:
+            load_vlm_deltas(self.vlm.model, trained.vlm_deltas)
+        self.global_step = self.saved_step = state.global_step
+        logger.info("Resumed from %s at step %d", checkpoint, self.global_step)
+
+    def log_start(self) -> None:
+        self.accelerator.init_trackers(f"m2chat-stage{self.stage}", config=_flat_hyperparameters(self.config.to_dict()))
+        if not self.accelerator.is_main_process:
+            return
+        counts = {group: sum(parameter.numel() for parameter in parameters.values()) for group, parameters in self.groups.items()}
+        frozen = sum(
+            parameter.numel()
+            for module in (self.adapter, self.vlm.model, self.sdxl.unet, self.sdxl.vae, self.sdxl.text_encoder, self.sdxl.text_encoder_2)
+            for parameter in module.parameters()
+            if not parameter.requires_grad
+        )
+        lines = [f"  {group:<17}{count:>15,} parameters" for group, count in counts.items()]
+        logger.info(
+            "Stage %d trains %d groups (%s parameters):\n%s\n  %-17s%15s parameters",
+            self.stage, len(counts), f"{sum(counts.values()):,}", "\n".join(lines), "frozen", f"{frozen:,}",
+        )
+        logger.info(
+            "%d optimizer steps (%d per epoch, batch %d x %d accumulation x %d processes)",
+            self.max_steps, self.steps_per_epoch, self.config.optim.batch_size,
+            self.config.optim.gradient_accumulation_steps, self.accelerator.num_processes,
+        )
+
+    # --- training ---------------------------------------------------------------------------
+
+    def train(self) -> None:
+        self.progress = tqdm(
+            total=self.max_steps,
+            initial=self.global_step,
+            desc=f"M³FT stage {self.stage}",
+            disable=not self.accelerator.is_local_main_process,
+        )
+        self.pending_logs: list[dict[str, float]] = []
+        while self.global_step < self.max_steps:
+            self.train_epoch(self.global_step // self.steps_per_epoch)
+        self.progress.close()
+
+    def train_epoch(self, epoch: int) -> None:
+        """Run one epoch from where the global step says it stands (exactly, on resume)."""
+        accelerator = self.accelerator
+        first_batch = (self.global_step - epoch * self.steps_per_epoch) * self.config.optim.gradient_accumulation_steps
+        self.train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(self.train_loader, first_batch) if first_batch else self.train_loader
+        loader.set_epoch(epoch)
+        for batch_index, batch in enumerate(loader, start=first_batch):
+            self.record_skipped(batch)
+            with accelerator.accumulate(self.model):
+                outputs = self.compute_losses(batch, epoch, batch_index)
+                self.stop_if_not_finite(outputs)
+                accelerator.backward(outputs["total"])
+                if accelerator.sync_gradients and self.config.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad()
+            self.pending_logs.append({name: float(value.detach()) for name, value in outputs.items()})
+            if accelerator.sync_gradients:
+                self.after_optimizer_step()
+                if self.global_step >= self.max_steps:
+                    return
+
+    def record_skipped(self, batch: TrainingBatch) -> None:
+        for sample in batch.skipped:
+            self.skipped[sample.reason] += 1
+            logger.warning("Skipped sample %s: %s", sample.key, sample.reason)
+
+    def compute_losses(self, batch: TrainingBatch, epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
+        if not len(batch):
+            return self.model(None, None)
+        seed = self.config.engine.seed
+        generator = step_generator(seed, "train", epoch, batch_index, self.accelerator.process_index)
+        return self.model(batch.forced, self._targets(batch, generator))
+
+    def _targets(self, batch: TrainingBatch, generator: torch.Generator) -> DiffusionTargets:
+        num_train_timesteps = self.sdxl.noise_scheduler.config.num_train_timesteps
+        return diffusion_targets(batch, self.frozen, generator, num_train_timesteps, self.accelerator.device)
+
+    def stop_if_not_finite(self, outputs: dict[str, torch.Tensor]) -> None:
+        """On a NaN/inf loss (on any process), save a resumable checkpoint and stop."""
+        finite = torch.isfinite(outputs["total"].detach()).float().reshape(1)
+        if bool(self.accelerator.gather(finite).min() > 0):
+            return
+        terms = {name: float(value.detach()) for name, value in outputs.items()}
+        checkpoint = self.save_checkpoint()
+        raise NonFiniteLossError(
+            f"Stage {self.stage} loss is not finite at step {self.global_step + 1} ({terms}); stopped after saving "
+            f"{checkpoint}. Lower optim.lr or set optim.max_grad_norm, then continue with --resume latest."
+        )
+
+    def after_optimizer_step(self) -> None:
+        self.global_step += 1
+        self.progress.update(1)
+        engine = self.config.engine
+        if self.global_step % engine.log_every == 0 or self.global_step == self.max_steps:
+            self.log_training()
+        if engine.checkpoint_every and self.global_step % engine.checkpoint_every == 0:
+            self.save_checkpoint()
+        if engine.validate_every and self.global_step % engine.validate_every == 0 and self.global_step < self.max_steps:
+            self.validate()
+
+    def log_training(self) -> None:
+        """Mean of each term since the last log, plus the learning rate and skipped samples."""
+        names = {name for entry in self.pending_logs for name in entry}
+        logs = {
+            f"train/{name}": sum(entry[name] for entry in self.pending_logs if name in entry)
+            / sum(name in entry for entry in self.pending_logs)
+            for name in names
+        }
+        logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
+        logs["train/skipped_samples"] = sum(self.skipped.values())
+        self.pending_logs = []
+        self.accelerator.log(logs, step=self.global_step)
+        self.progress.set_postfix({name.split("/")[1]: f"{value:.4g}" for name, value in logs.items() if "skipped" not in name})
+
+    def validate(self) -> None:
+        if self.validation_loader is None:
+            return
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = self.vlm.model.training
+            self.vlm.model.eval()
+            seed = self.config.engine.seed
+
+            def targets_of(batch: TrainingBatch, index: int) -> DiffusionTargets:
+                return self._targets(batch, step_generator(seed, "validation", index))
+
+            metrics = evaluate(model, self.validation_loader, targets_of)
+            self.vlm.model.train(was_training)
+            self.validation[self.global_step] = metrics
+            self.accelerator.log({f"validation/{name}": value for name, value in metrics.items()}, step=self.global_step)
+            logger.info("Validation at step %d: %s", self.global_step, {name: round(value, 5) for name, value in metrics.items()})
+        self.accelerator.wait_for_everyone()
+
+    # --- checkpoints and export ----------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the current step, unless it already is (decided alike on every process)."""
+        if self.saved_step == self.global_step:
+            return self.checkpoints / f"checkpoint-{self.global_step}"
+        self.saved_step = self.global_step
+        return save_checkpoint(
+            self.accelerator,
+            self.checkpoints,
+            TrainerState(stage=self.stage, global_step=self.global_step),
+            self.write_checkpoint_files,
+            self.config.engine.checkpoint_total_limit,
+        )
+
+    def write_checkpoint_files(self, folder: Path) -> None:
+        self.write_adapter(folder / ADAPTER_FILE_NAME)
+        (folder / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
+    def write_adapter(self, path: Path) -> Path:
+        """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
+        vlm_groups = {group: parameters for group, parameters in self.groups.items() if group in VLM_GROUPS}
+        deltas = export_vlm_deltas(self.vlm.model, vlm_groups, getattr(self.config, "lora", None)) if vlm_groups else None
+        return save_adapter_file(path, self.accelerator.unwrap_model(self.model).adapter, deltas)
+
+    def finish(self) -> FitResult:
+        self.save_checkpoint()
+        export_path = Path(self.config.engine.export_path or self.output_dir / DEFAULT_EXPORT_NAME)
+        if self.accelerator.is_main_process:
+            export_path.parent.mkdir(parents=True, exist_ok=True)
+            self.write_adapter(export_path)
+            logger.info("Exported the stage-%d adapter to %s", self.stage, export_path)
+        skipped = Counter()
+        for counts in gather_object([dict(self.skipped)]):
+            skipped.update(counts)
+        if skipped:
+            summary = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
+            logger.warning("Skipped %d bad samples in training (%s)", sum(skipped.values()), summary)
+        self.accelerator.end_training()
+        return FitResult(self.global_step, export_path, self.validation, skipped)
+
+
+def _flat_hyperparameters(values: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
+    """Nested config as {"section.field": scalar} for TensorBoard's hparams (lists as text)."""
+    flat: dict[str, float | int | str | bool] = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_hyperparameters(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = str(value) if isinstance(value, list) else value
+    return flat
