@@ -34,6 +34,7 @@ FORMAT_VERSION_KEY = "m2chat.format_version"
 CONFIG_KEY = "m2chat.config"
 VLM_DELTA_KIND_KEY = "m2chat.vlm_delta_kind"
 VLM_DELTA_CONFIG_KEY = "m2chat.vlm_delta_config"
+TRAINING_CONFIG_KEY = "m2chat.training_config"  # the M³FT run that produced the file (JSON)
 VLM_DELTA_KINDS = ("lora", "full")  # LoRA weights + its config, or trained tensors in full
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6, most .pt/.ckpt/.bin files
@@ -114,6 +115,7 @@ class AdapterFile:
     config: M3AdapterConfig
     adapter_state: dict[str, torch.Tensor]
     vlm_deltas: VLMDeltas | None = None
+    training_config: dict[str, Any] | None = None
 
     def build_adapter(self) -> M3Adapter:
         """The M³Adapter with the file's weights, in the file's dtype, on the CPU, in eval mode."""
@@ -124,9 +126,13 @@ class AdapterFile:
 
 
 def save_adapter_file(
-    path: str | os.PathLike[str], adapter: M3Adapter, vlm_deltas: VLMDeltas | None = None
+    path: str | os.PathLike[str],
+    adapter: M3Adapter,
+    vlm_deltas: VLMDeltas | None = None,
+    training_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the adapter (and stage-2 VLM deltas) to `path` atomically; returns the path."""
+    """Write the adapter (with stage-2 VLM deltas and the training run's config, when given)
+    to `path` atomically; returns the path."""
     path = Path(path)
     tensors = {ADAPTER_PREFIX + name: tensor for name, tensor in adapter.state_dict().items()}
     metadata = {
@@ -134,6 +140,8 @@ def save_adapter_file(
         FORMAT_VERSION_KEY: str(ADAPTER_FORMAT_VERSION),
         CONFIG_KEY: json.dumps(adapter.config.to_dict(), sort_keys=True),
     }
+    if training_config is not None:
+        metadata[TRAINING_CONFIG_KEY] = json.dumps(dict(training_config), sort_keys=True, default=str)
     if vlm_deltas is not None:
         tensors.update({VLM_PREFIX + name: tensor for name, tensor in vlm_deltas.tensors.items()})
         metadata[VLM_DELTA_KIND_KEY] = vlm_deltas.kind
@@ -191,7 +199,8 @@ def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
     strays = sorted(name for name in tensors if not name.startswith((ADAPTER_PREFIX, VLM_PREFIX)))
     _check_adapter_state(path, config, adapter_state, strays)
     vlm_deltas = _vlm_deltas(path, metadata, deltas)
-    return AdapterFile(config=config, adapter_state=adapter_state, vlm_deltas=vlm_deltas)
+    training_config = json.loads(metadata[TRAINING_CONFIG_KEY]) if TRAINING_CONFIG_KEY in metadata else None
+    return AdapterFile(config, adapter_state, vlm_deltas, training_config)
 
 
 def _strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -13,17 +13,18 @@ LORA_DOWN, LORA_UP = ".lora_A.weight", ".lora_B.weight"
 
 
 def delta_patches(deltas: VLMDeltas) -> dict[str, object]:
-    """ModelPatcher patches: "full" deltas replace tensors ("set"); "lora" deltas become
-    LoRA patches on `<module>.weight` with scale alpha / rank, as peft computes it."""
-    if deltas.kind == "full":
-        return {MODULE_PREFIX + name: ("set", (tensor,)) for name, tensor in deltas.tensors.items()}
-    alpha = float(deltas.config.get("lora_alpha", deltas.config.get("r", 1)))
+    """ModelPatcher patches: LoRA pairs (`<module>.lora_A/B.weight`) become LoRA patches on
+    `<module>.weight` with scale alpha / rank, as peft computes it; every other tensor (all
+    of a "full" delta, the projector beside a LoRA) replaces the VLM's tensor ("set")."""
+    alpha = float(deltas.config.get("lora_alpha", deltas.config.get("r", 1))) if deltas.config else 1.0
     patches = {}
-    for name, down in deltas.tensors.items():
+    for name, tensor in deltas.tensors.items():
         if name.endswith(LORA_DOWN):
             module = name[: -len(LORA_DOWN)]
             up = deltas.tensors[module + LORA_UP]
-            patches[f"{MODULE_PREFIX}{module}.weight"] = LoRAAdapter(set(), (up, down, alpha, None, None, None))
+            patches[f"{MODULE_PREFIX}{module}.weight"] = LoRAAdapter(set(), (up, tensor, alpha, None, None, None))
+        elif not name.endswith(LORA_UP):
+            patches[MODULE_PREFIX + name] = ("set", (tensor,))
     return patches
 
 

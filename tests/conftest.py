@@ -5,6 +5,8 @@ import pytest
 
 from comfyui_env import ComfyServer, prepare_base_directory
 
+pytest_plugins = ["harness.training"]
+
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):

@@ -45,7 +45,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_adapter_file(out, trained.build_adapter(), trained.vlm_deltas)
+    save_adapter_file(out, trained.build_adapter(), trained.vlm_deltas, trained.training_config)
     load_adapter_file(out)
     logger.info("Exported stage-%d step %d (%s) to %s", state.stage, state.global_step, checkpoint, out)
     return out

@@ -401,7 +401,8 @@ class Trainer:
         """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
         vlm_groups = {group: parameters for group, parameters in self.groups.items() if group in VLM_GROUPS}
         deltas = export_vlm_deltas(self.vlm.model, vlm_groups, getattr(self.config, "lora", None)) if vlm_groups else None
-        return save_adapter_file(path, self.accelerator.unwrap_model(self.model).adapter, deltas)
+        return save_adapter_file(path, self.accelerator.unwrap_model(self.model).adapter, deltas,
+                                 training_config=self.config.to_dict())
 
     def finish(self) -> FitResult:
         self.save_checkpoint()

@@ -31,6 +31,10 @@ def delta_adapters(comfy):
             f"{Q_PROJ}.lora_A.weight": torch.randn(2, hidden, generator=generator),
             f"{Q_PROJ}.lora_B.weight": torch.randn(hidden, 2, generator=generator)},
             config={"r": 2, "lora_alpha": 4}),
+        # stage 2 with a LoRA also trains the projector, stored as new values beside the pairs
+        "lora-and-norm.safetensors": VLMDeltas("lora", {
+            f"{Q_PROJ}.lora_A.weight": torch.zeros(2, hidden), f"{Q_PROJ}.lora_B.weight": torch.zeros(hidden, 2),
+            NORM: torch.full((hidden,), 2.0)}, config={"r": 2, "lora_alpha": 4}),
         "foreign-delta.safetensors": VLMDeltas("full", {"model.no_such.weight": torch.ones(3)}),
     }
     for name, delta in deltas.items():
@@ -46,7 +50,8 @@ def _positive(comfy, vlm, adapter_name):
     return result.args[0][0][0]
 
 
-@pytest.mark.parametrize("adapter_name", ["full-delta.safetensors", "lora-delta.safetensors"])
+@pytest.mark.parametrize("adapter_name", ["full-delta.safetensors", "lora-delta.safetensors",
+                                          "lora-and-norm.safetensors"])
 def test_deltas_apply_only_while_their_adapter_is_used(comfy, delta_adapters, adapter_name):
     vlm = comfy.node_class("M2ChatVLMLoader").execute(TINY_VLM, "float32", "none", False)[0]
     norm_before = vlm.loaded.model.state_dict()[NORM].clone()

@@ -8,33 +8,14 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from harness.training import STAGE1_RUN
 from m2chat_core.adapter_file import load_adapter_file
 from train.checkpoints import ADAPTER_FILE_NAME, STATE_FILE_NAME, list_checkpoints, read_state
 from train.export import main as export_main
 from train.trainer import DEFAULT_EXPORT_NAME
-
-STAGE1_RUN = ["--optim.max_steps=0", "--engine.checkpoint_every=5"]  # the whole epoch: 26 steps of 2 samples
-
-
-@pytest.fixture(scope="module")
-def stage1(runner, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("stage1")
-    result = runner.run(1, runner.overrides(1, output_dir) + STAGE1_RUN)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir, result
-
-
-@pytest.fixture(scope="module")
-def stage2(runner, stage1, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("stage2")
-    init_from = stage1[0] / DEFAULT_EXPORT_NAME
-    result = runner.run(2, runner.overrides(2, output_dir) + [f"--init-from={init_from}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir, result
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -55,6 +36,7 @@ def test_stage1_exports_an_adapter_file_that_loads(stage1):
     loaded = load_adapter_file(output_dir / DEFAULT_EXPORT_NAME)
     assert loaded.vlm_deltas is None  # stage 1 leaves the VLM alone
     assert loaded.config.trained_on_vlm == "vlm"
+    assert loaded.training_config["optim"]["lr"] > 0  # the run's config travels in the file
     assert (loaded.config.num_image_tokens, loaded.config.width, loaded.config.chosen_layers) == (4, 64, (-1, 2, 1))
     assert "adapter" in result.stderr and "special_tokens" in result.stderr  # groups printed with their counts
     assert read_state(list_checkpoints(output_dir / "checkpoints")[-1]).global_step == 26
@@ -95,6 +77,7 @@ def test_export_on_demand_from_a_checkpoint(stage1, tmp_path):
     out = tmp_path / "models" / "m2chat" / "from-checkpoint.safetensors"
     assert export_main([str(checkpoint), "--out", str(out)]) == 0
     assert _max_difference(_tensors(out), _tensors(stage1[0] / DEFAULT_EXPORT_NAME)) == 0.0
+    assert load_adapter_file(out).training_config == load_adapter_file(stage1[0] / DEFAULT_EXPORT_NAME).training_config
     run_folder_export = tmp_path / "latest.safetensors"
     assert export_main([str(stage1[0]), "--out", str(run_folder_export)]) == 0  # a run folder: its latest checkpoint
     assert _max_difference(_tensors(run_folder_export), _tensors(out)) == 0.0

@@ -1,5 +1,6 @@
-"""Shared fixtures of the training tests: the tiny assets (built once per session) and a
-helper that runs the real entry points in a subprocess."""
+"""Training fixtures (a pytest plugin, see tests/conftest.py): the tiny assets, a helper
+that runs the real entry points in a subprocess, and both stages run once per session,
+shared by the training tests and the ComfyUI tests that load the exported files."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 import torch
 
 from train.tiny_assets import build_tiny_assets
+from train.trainer import DEFAULT_EXPORT_NAME
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE1_CONFIG = REPO_ROOT / "train" / "configs" / "tiny_stage1.yaml"
 STAGE2_CONFIG = REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"
+STAGE1_RUN = ["--optim.max_steps=0", "--engine.checkpoint_every=5"]  # the whole epoch: 26 steps of 2 samples
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +83,20 @@ class StageRunner:
 @pytest.fixture(scope="session")
 def runner(assets) -> StageRunner:
     return StageRunner(assets)
+
+
+@pytest.fixture(scope="session")
+def stage1(runner, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage1")
+    result = runner.run(1, runner.overrides(1, output_dir) + STAGE1_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+@pytest.fixture(scope="session")
+def stage2(runner, stage1, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage2")
+    init_from = stage1[0] / DEFAULT_EXPORT_NAME
+    result = runner.run(2, runner.overrides(2, output_dir) + [f"--init-from={init_from}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
