@@ -140,7 +140,8 @@ def merge_vlm_deltas(model: nn.Module, deltas: VLMDeltas) -> None:
             if weight is None:
                 raise VLMTrainingError(f"LoRA delta {name} names no linear layer {module} in this VLM.")
             with torch.no_grad():
-                weight += (scale * lora_b.float() @ tensor.float()).to(weight.dtype)
+                update = scale * lora_b.to(weight.device, torch.float32) @ tensor.to(weight.device, torch.float32)
+                weight += update.to(weight.dtype)
         else:
             _copy_into(parameters, name, tensor)
 

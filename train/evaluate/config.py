@@ -13,14 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (
-    FieldError,
-    apply_overrides,
-    build_config,
-    field_paths,
-    parse_yaml,
-    read_yaml,
-)
+from ..config import FieldError
+from ..config_loading import apply_overrides, build_config, field_paths, parse_yaml, read_yaml
 
 DATASET_KINDS = ("coco", "cc3m", "mmdialog")
 CAPTION_DATASETS = ("coco", "cc3m")

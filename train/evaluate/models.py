@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,8 +52,7 @@ class EvaluationModels:
             return vlm
         deltas = self.adapter()[0].vlm_deltas
         if deltas is not None and not self._deltas_merged:
-            on_device = {name: tensor.to(vlm.device) for name, tensor in deltas.tensors.items()}
-            merge_vlm_deltas(vlm.model, replace(deltas, tensors=on_device))
+            merge_vlm_deltas(vlm.model, deltas)
             self._deltas_merged = True
             logger.info("Merged the adapter's stage-2 VLM deltas (%s, %d tensors)", deltas.kind, len(deltas.tensors))
         return vlm
