@@ -40,17 +40,17 @@ REPORTERS = ("tensorboard", "none")
 GATE_MODES = ("paper", "learned", "fixed")  # as m2chat_core.gate.GATE_MODES (not imported: no torch here)
 
 
-def _positive(name: str, value: float) -> None:
+def require_positive(name: str, value: float) -> None:
     if value <= 0:
         raise FieldError(name, f"must be > 0, got {value!r}.")
 
 
-def _non_negative(name: str, value: float) -> None:
+def require_non_negative(name: str, value: float) -> None:
     if value < 0:
         raise FieldError(name, f"must be >= 0, got {value!r}.")
 
 
-def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+def require_one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise FieldError(name, f"must be one of {list(choices)}, got {value!r}.")
 
@@ -71,12 +71,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in ("resolution", "max_answer_tokens", "max_caption_tokens"):
-            _positive(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         for name in ("max_history_turns", "num_workers"):
-            _non_negative(name, getattr(self, name))
+            require_non_negative(name, getattr(self, name))
         if self.resolution % 8:
             raise FieldError("resolution", f"must be a multiple of 8 (the VAE's downsampling), got {self.resolution}.")
-        _one_of("crop", self.crop, CROPS)
+        require_one_of("crop", self.crop, CROPS)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        _one_of("weight_dtype", self.weight_dtype, WEIGHT_DTYPES)
+        require_one_of("weight_dtype", self.weight_dtype, WEIGHT_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,11 @@ class AdapterConfig:
         if not self.chosen_layers:
             raise FieldError("chosen_layers", "must list at least one VLM layer.")
         for name in ("num_image_tokens", "width", "depth", "heads", "ffn_multiplier"):
-            _positive(name, getattr(self, name))
-        _non_negative("mean_init_samples", self.mean_init_samples)
+            require_positive(name, getattr(self, name))
+        require_non_negative("mean_init_samples", self.mean_init_samples)
         if self.width % self.heads:
             raise FieldError("width", f"({self.width}) must be divisible by heads ({self.heads}).")
-        _one_of("gate_mode", self.gate_mode, GATE_MODES)
+        require_one_of("gate_mode", self.gate_mode, GATE_MODES)
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "eps", "batch_size", "gradient_accumulation_steps", "epochs"):
-            _positive(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         for name in ("weight_decay", "max_steps", "warmup_steps", "max_grad_norm"):
-            _non_negative(name, getattr(self, name))
+            require_non_negative(name, getattr(self, name))
         if not all(0 <= beta < 1 for beta in self.betas):
             raise FieldError("betas", f"must be two numbers in [0, 1), got {list(self.betas)}.")
-        _one_of("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        require_one_of("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,8 @@ class LossConfig:
     lambda_text: float = 1.0  # λ, weight of L_text (Eq. 7); stage 2 only
 
     def __post_init__(self) -> None:
-        _non_negative("phi", self.phi)
-        _non_negative("lambda_text", self.lambda_text)
+        require_non_negative("phi", self.phi)
+        require_non_negative("lambda_text", self.lambda_text)
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class CacheConfig:
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        _one_of("dtype", self.dtype, CACHE_DTYPES)
+        require_one_of("dtype", self.dtype, CACHE_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,12 @@ class EngineConfig:
     export_path: str = ""  # default: <output_dir>/m2chat-adapter.safetensors
 
     def __post_init__(self) -> None:
-        _one_of("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
-        _one_of("report_to", self.report_to, REPORTERS)
+        require_one_of("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        require_one_of("report_to", self.report_to, REPORTERS)
         for name in ("checkpoint_every", "validate_every"):
-            _non_negative(name, getattr(self, name))
+            require_non_negative(name, getattr(self, name))
         for name in ("checkpoint_total_limit", "log_every"):
-            _positive(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         if not self.output_dir:
             raise FieldError("output_dir", "must name a folder.")
 
@@ -203,8 +203,8 @@ class LoraConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def __post_init__(self) -> None:
-        _positive("rank", self.rank)
-        _positive("alpha", self.alpha)
+        require_positive("rank", self.rank)
+        require_positive("alpha", self.alpha)
         if not 0 <= self.dropout < 1:
             raise FieldError("dropout", f"must be in [0, 1), got {self.dropout!r}.")
         if not self.target_modules:
@@ -293,7 +293,7 @@ class Stage2Config(TrainConfig):
         if not self.init_from:
             raise FieldError("init_from", "is required in stage 2: pass --init-from <stage-1 adapter .safetensors>.")
         _check_path("init_from", self.init_from)
-        _one_of("gate_mode", self.gate_mode, GATE_MODES)
+        require_one_of("gate_mode", self.gate_mode, GATE_MODES)
         if "gate" in self.groups and self.gate_mode != "learned":
             raise FieldError("groups", f"lists 'gate', which only trains with gate_mode 'learned' (got {self.gate_mode!r}).")
         if {"llm_norms_biases", "llm_lora"} <= set(self.groups):

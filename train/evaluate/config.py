@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import FieldError
+from ..config import FieldError, require_one_of, require_positive
 from ..config_loading import apply_overrides, build_config, field_paths, parse_yaml, read_yaml
 
 DATASET_KINDS = ("coco", "cc3m", "mmdialog")
@@ -42,16 +42,6 @@ CLIP_LAYOUT = (
 CLIP_ENTRIES = ("config.json", ("preprocessor_config.json", "processor_config.json"))
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise FieldError(name, f"must be > 0, got {value!r}.")
-
-
-def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise FieldError(name, f"must be one of {list(choices)}, got {value!r}.")
-
-
 @dataclass(frozen=True)
 class ModelsConfig:
     """vlm: VLM folder (m2chat_core.vlm). adapter: the M³Adapter .safetensors file.
@@ -66,7 +56,7 @@ class ModelsConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        _one_of("dtype", self.dtype, DTYPES)
+        require_one_of("dtype", self.dtype, DTYPES)
 
 
 @dataclass(frozen=True)
@@ -82,7 +72,7 @@ class DataConfig:
     num_samples: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("kind", self.kind, DATASET_KINDS)
+        require_one_of("kind", self.kind, DATASET_KINDS)
         if self.num_samples < 0:
             raise FieldError("num_samples", f"must be >= 0 (0 takes all), got {self.num_samples}.")
 
@@ -108,13 +98,13 @@ class GenerationConfig:
         if unknown or not self.systems or len(set(self.systems)) != len(self.systems):
             raise FieldError("systems", f"must list distinct systems from {list(SYSTEMS)}, got {list(self.systems)}.")
         for name in ("resolution", "steps", "batch_size", "max_new_tokens"):
-            _positive(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         if self.resolution % 8:
             raise FieldError("resolution", f"must be a multiple of 8 (the VAE's downsampling), got {self.resolution}.")
         if self.cfg < 0:
             raise FieldError("cfg", f"must be >= 0, got {self.cfg}.")
-        _one_of("draw_mode", self.draw_mode, DRAW_MODES)
-        _one_of("gate_mode", self.gate_mode, GATE_MODES)
+        require_one_of("draw_mode", self.draw_mode, DRAW_MODES)
+        require_one_of("gate_mode", self.gate_mode, GATE_MODES)
 
 
 @dataclass(frozen=True)
@@ -129,8 +119,8 @@ class MetricsConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        _one_of("fid_architecture", self.fid_architecture, FID_ARCHITECTURES)
-        _positive("batch_size", self.batch_size)
+        require_one_of("fid_architecture", self.fid_architecture, FID_ARCHITECTURES)
+        require_positive("batch_size", self.batch_size)
 
 
 @dataclass(frozen=True)
