@@ -65,4 +65,4 @@ class M2ChatAdapterLoader(io.ComfyNode):
         adapter_file = load_adapter_file(resolve_adapter_file(adapter_name))
         module = adapter_file.build_adapter()
         patcher = make_patcher(module, hidden_size=adapter_file.config.width, num_layers=0)
-        return io.NodeOutput(M2ChatAdapter(adapter_file, module, patcher, adapter_name))
+        return io.NodeOutput(M2ChatAdapter(adapter_file, module, patcher))

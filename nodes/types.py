@@ -34,4 +34,3 @@ class M2ChatAdapter:
     file: AdapterFile
     module: M3Adapter
     patcher: object  # comfy.model_patcher.ModelPatcher around the adapter
-    name: str

@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 
 from comfyui_env import COMFYUI_PATH, REPO
-
-TINY_VLM_FOLDER = "m2chat-tiny-llava"
-TINY_ADAPTER_FILE = "m2chat-tiny-adapter.safetensors"
+from tiny_graphs import TINY_ADAPTER, TINY_VLM
 
 
 def _import_comfyui_builder():
@@ -42,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from m2chat_core.tiny import build_tiny_adapter, build_tiny_vlm
     from m2chat_core.vlm import load_vlm
 
-    vlm_folder = build_tiny_vlm(options.models_dir / "LLM" / TINY_VLM_FOLDER, seed=options.seed)
+    vlm_folder = build_tiny_vlm(options.models_dir / "LLM" / TINY_VLM, seed=options.seed)
     info = load_vlm(vlm_folder).info
     written += [vlm_folder, build_tiny_adapter(
-        options.models_dir / "m2chat" / TINY_ADAPTER_FILE, vlm_hidden_size=info.hidden_size,
+        options.models_dir / "m2chat" / TINY_ADAPTER, vlm_hidden_size=info.hidden_size,
         vision_feature_size=info.vision_feature_size, trained_on_vlm=info.name, seed=options.seed)]
     for path in written:
         print(path)
