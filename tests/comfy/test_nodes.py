@@ -135,3 +135,19 @@ def test_cancel_stops_generation_within_a_token(comfy):
         hook.remove()
     assert len(fed) <= 2  # the prompt, and at most the one token in flight
     assert vlm.counter.total == 0
+
+
+def test_story_without_an_adapter_batches_each_caption_through_the_clip(comfy):
+    graph = story_graph(panels=2, filename_prefix="story-clip")
+    del graph["adapter"], graph["story"]["inputs"]["adapter"]
+    graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": 0}}
+    graph["story"]["inputs"]["clip"] = ["clip", 0]
+    outputs = comfy.run(graph)
+    assert len(comfy.saved_images(outputs, "save")) == 2
+    story_outputs = comfy.executor.caches.outputs.get("story").outputs
+    (cond, extras), = story_outputs[0][0]
+    assert cond.shape[0] == 2 and cond.shape[2] == 2048 and extras["pooled_output"].shape == (2, 1280)
+    clip = comfy.executor.caches.outputs.get("clip").outputs[0][0]
+    second_caption = story_outputs[3][0].splitlines()[1]
+    expected, = clip.encode_from_tokens_scheduled(clip.tokenize(second_caption))
+    assert torch.equal(cond[1:2, : expected[0].shape[1]], expected[0])
