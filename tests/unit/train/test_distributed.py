@@ -6,8 +6,8 @@ import socket
 import subprocess
 import sys
 
-from m2chat_core.adapter_file import load_adapter_file
 from harness.training import REPO_ROOT
+from m2chat_core.adapter_file import load_adapter_file
 from train.checkpoints import list_checkpoints
 from train.trainer import DEFAULT_EXPORT_NAME
 
