@@ -20,12 +20,6 @@ class _Boobytrap:
         return (PICKLE_MARKER.touch, ())
 
 
-def _adapter_dir() -> Path:
-    import folder_paths  # importable once the `comfy` fixture has set ComfyUI up
-
-    return Path(folder_paths.get_folder_paths("m2chat")[0])
-
-
 def _error_message(comfy, graph) -> str:
     with pytest.raises(GraphError) as failure:
         comfy.run(graph)
@@ -42,7 +36,7 @@ def still_works(comfy):
 
 @pytest.fixture(scope="module")
 def bad_adapters(comfy):
-    folder = _adapter_dir()
+    folder = comfy.models_dir / "m2chat"
     build_tiny_adapter(folder / "wrong-hidden-size.safetensors", vlm_hidden_size=32,
                        vision_feature_size=32, trained_on_vlm="some-other-vlm")
     PICKLE_MARKER.unlink(missing_ok=True)

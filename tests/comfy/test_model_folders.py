@@ -13,9 +13,9 @@ def extra_paths(comfy, tmp_path):
     from utils.extra_config import load_extra_path_config
 
     models = tmp_path / "elsewhere"
-    shutil.copytree(folder_paths.get_folder_paths("LLM")[0] + f"/{TINY_VLM}", models / "llm" / "org" / "extra-vlm")
+    shutil.copytree(comfy.models_dir / "LLM" / TINY_VLM, models / "llm" / "org" / "extra-vlm")
     (models / "adapters").mkdir()
-    shutil.copy(folder_paths.get_folder_paths("m2chat")[0] + f"/{TINY_ADAPTER}",
+    shutil.copy(comfy.models_dir / "m2chat" / TINY_ADAPTER,
                 models / "adapters" / "extra-adapter.safetensors")
     config = tmp_path / "extra_model_paths.yaml"
     config.write_text(f"mine:\n  base_path: {models}\n  LLM: llm/\n  m2chat: adapters/\n")

@@ -8,8 +8,13 @@ from PIL import Image
 from tiny_graphs import encode_graph, story_graph
 
 
-def _cached_output(comfy, node_id):
-    return comfy.executor.caches.outputs.get(node_id)
+def _with_tiny_clip(graph: dict, consumer: str) -> dict:
+    """The graph with its adapter replaced by a native SDXL CLIP feeding `consumer`."""
+    graph.pop("adapter", None)
+    graph[consumer]["inputs"].pop("adapter", None)
+    graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": 0}}
+    graph[consumer]["inputs"]["clip"] = ["clip", 0]
+    return graph
 
 
 def test_encode_drives_a_native_ksampler_graph(comfy):
@@ -66,8 +71,7 @@ def test_conditioning_works_through_native_conditioning_nodes(comfy, combine):
 
 def _loaded_vlm(comfy):
     """The M2ChatVLM object ComfyUI's output cache holds for the graph's loader node."""
-    entry = comfy.executor.caches.outputs.get("vlm")
-    return entry.outputs[0][0]
+    return comfy.node_outputs("vlm")[0][0]
 
 
 def test_cache_reruns_no_vlm_forward_for_the_same_graph_or_a_new_sampler_seed(comfy):
@@ -101,16 +105,14 @@ def test_vlm_is_managed_by_comfyui_and_unloads(comfy):
 
 
 def test_without_an_adapter_a_native_sdxl_clip_encodes_the_caption(comfy):
-    graph = encode_graph("a blue bicycle", adapter=None, filename_prefix="clip-fallback")
-    graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": 0}}
-    graph["encode"]["inputs"]["clip"] = ["clip", 0]
+    graph = _with_tiny_clip(encode_graph("a blue bicycle", filename_prefix="clip-fallback"), "encode")
     outputs = comfy.run(graph)
     assert len(comfy.saved_images(outputs, "save")) == 1
-    encode_outputs = comfy.executor.caches.outputs.get("encode").outputs
+    encode_outputs = comfy.node_outputs("encode")
     (cond, extras), = encode_outputs[0][0]
     assert cond.shape == (1, 77, 2048) and extras["pooled_output"].shape == (1, 1280)
     assert extras["width"] == 64 and extras["target_height"] == 64
-    clip = comfy.executor.caches.outputs.get("clip").outputs[0][0]
+    clip = comfy.node_outputs("clip")[0][0]
     caption = encode_outputs[3][0]
     expected, = clip.encode_from_tokens_scheduled(clip.tokenize(caption))
     assert torch.equal(cond, expected[0])  # exactly the caption through that CLIP
@@ -138,16 +140,13 @@ def test_cancel_stops_generation_within_a_token(comfy):
 
 
 def test_story_without_an_adapter_batches_each_caption_through_the_clip(comfy):
-    graph = story_graph(panels=2, filename_prefix="story-clip")
-    del graph["adapter"], graph["story"]["inputs"]["adapter"]
-    graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": 0}}
-    graph["story"]["inputs"]["clip"] = ["clip", 0]
+    graph = _with_tiny_clip(story_graph(panels=2, filename_prefix="story-clip"), "story")
     outputs = comfy.run(graph)
     assert len(comfy.saved_images(outputs, "save")) == 2
-    story_outputs = comfy.executor.caches.outputs.get("story").outputs
+    story_outputs = comfy.node_outputs("story")
     (cond, extras), = story_outputs[0][0]
     assert cond.shape[0] == 2 and cond.shape[2] == 2048 and extras["pooled_output"].shape == (2, 1280)
-    clip = comfy.executor.caches.outputs.get("clip").outputs[0][0]
+    clip = comfy.node_outputs("clip")[0][0]
     second_caption = story_outputs[3][0].splitlines()[1]
     expected, = clip.encode_from_tokens_scheduled(clip.tokenize(second_caption))
     assert torch.equal(cond[1:2, : expected[0].shape[1]], expected[0])

@@ -1,8 +1,6 @@
 """Stage-2 VLM deltas in an adapter file change what the VLM computes while that adapter
 is used, and leave the loaded VLM stock for everything else."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,15 +11,9 @@ NORM = "model.language_model.norm.weight"
 Q_PROJ = "model.language_model.layers.0.self_attn.q_proj"
 
 
-def _adapter_folder() -> Path:
-    import folder_paths
-
-    return Path(folder_paths.get_folder_paths("m2chat")[0])
-
-
 @pytest.fixture(scope="module")
 def delta_adapters(comfy):
-    folder = _adapter_folder()
+    folder = comfy.models_dir / "m2chat"
     stock = load_adapter_file(folder / TINY_ADAPTER).build_adapter()
     hidden = stock.config.vlm_hidden_size
     generator = torch.Generator().manual_seed(0)

@@ -51,6 +51,7 @@ class ComfyInProcess:
         self.nodes = nodes
         self.execution = execution
         self.output_dir = Path(folder_paths.get_output_directory())
+        self.models_dir = Path(folder_paths.models_dir)  # the tiny models: models/LLM, models/m2chat, ...
         self.executor = execution.PromptExecutor(
             _HeadlessServer(), cache_type=False, cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
 
@@ -76,6 +77,11 @@ class ComfyInProcess:
                       if event == "execution_error"]
             raise GraphError("graph failed", errors[0] if errors else self.executor.status_messages)
         return self.executor.history_result["outputs"]
+
+    def node_outputs(self, node_id: str) -> list:
+        """The outputs of the last run's node `node_id`, as ComfyUI's cache holds them
+        (one list per output socket)."""
+        return self.executor.caches.outputs.get(node_id).outputs
 
     def saved_images(self, ui_outputs: dict, node_id: str) -> list[Path]:
         return [self.output_dir / image["subfolder"] / image["filename"]
