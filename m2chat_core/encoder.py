@@ -120,10 +120,11 @@ class _KVDecoder:
     def _forward(self, read_layers: bool, **inputs: Any) -> _Step:
         if self.vlm.accepts_forward_argument("logits_to_keep"):
             inputs["logits_to_keep"] = 1
+        cache_argument = self.vlm.cache_argument
         outputs = self.vlm.model(
-            **inputs, past_key_values=self._cache, use_cache=True, output_hidden_states=read_layers, return_dict=True
+            **inputs, **{cache_argument: self._cache}, use_cache=True, output_hidden_states=read_layers, return_dict=True
         )
-        self._cache = outputs.past_key_values
+        self._cache = getattr(outputs, cache_argument)
         layer_states = (
             torch.stack([outputs.hidden_states[layer][0] for layer in self.chosen_layers]) if read_layers else None
         )

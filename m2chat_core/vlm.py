@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,10 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "b
 QUANTIZATIONS = ("none", "8bit", "4bit")
 # Kept in the compute dtype when quantizing: the vision side and the LM head.
 _UNQUANTIZED_MODULES = ["lm_head", "vision_tower", "multi_modal_projector", "visual"]
-_FORWARD_ARGUMENTS = ("input_ids", "inputs_embeds", "past_key_values", "mm_encoder_outputs")
+_FORWARD_ARGUMENTS = ("input_ids", "inputs_embeds", "mm_encoder_outputs")
+# The KV cache's forward argument, also the output attribute that returns it: transformers
+# 5.24 renamed `past_key_values` to `cache`. Detected on the loaded model, newest first.
+_CACHE_ARGUMENTS = ("cache", "past_key_values")
 _PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
 
 
@@ -80,6 +83,7 @@ class LoadedVLM:
         self.info = info
         self.decoder_layers = decoder_layers
         self._forward_arguments = set(inspect.signature(model.forward).parameters)
+        self.cache_argument = _cache_argument(self._forward_arguments)
         self._image_feature_arguments = set(inspect.signature(model.get_image_features).parameters)
         # Modules that cache per-sequence state between forwards (Qwen2-VL's M-RoPE deltas).
         self._stateful_modules = [module for module in model.modules() if hasattr(module, "rope_deltas")]
@@ -279,6 +283,8 @@ def _check_supported(model: nn.Module, processor: Any, folder: Path) -> nn.Modul
         missing.append("vision features (get_image_features)")
     forward_arguments = inspect.signature(model.forward).parameters
     missing += [f"forward argument {name!r}" for name in _FORWARD_ARGUMENTS if name not in forward_arguments]
+    if _cache_argument(forward_arguments) is None:
+        missing.append("a KV-cache forward argument (" + " or ".join(map(repr, _CACHE_ARGUMENTS)) + ")")
     layers = getattr(model.get_decoder(), "layers", None) if hasattr(model, "get_decoder") else None
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         missing.append("language-model decoder layers (get_decoder().layers)")
@@ -291,6 +297,10 @@ def _check_supported(model: nn.Module, processor: Any, folder: Path) -> nn.Modul
             + ". Supported: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL."
         )
     return layers
+
+
+def _cache_argument(forward_arguments: Iterable[str]) -> str | None:
+    return next((name for name in _CACHE_ARGUMENTS if name in forward_arguments), None)
 
 
 def _describe(model: nn.Module, folder: Path, decoder_layers: nn.ModuleList) -> VLMInfo:

@@ -1,7 +1,9 @@
 """VLM loading and the one-pass encoder (Eq. 1 forced structure) on tiny LLaVA and Qwen2-VL folders."""
 
+import inspect
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,9 +27,11 @@ from m2chat_core.prompt import build_prompt
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
 from m2chat_core.tiny.vlm import NUM_IMAGE_TOKENS, build_tiny_vlm, train_byte_level_bpe
 from m2chat_core.vlm import (
+    LoadedVLM,
     QuantizationUnavailableError,
     UnsupportedVLMError,
     VLMFolderError,
+    _check_supported,
     load_vlm,
 )
 
@@ -143,6 +147,52 @@ def test_text_only_model_is_unsupported(tmp_path):
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedVLMError, match="'llama' model, which is not an image-text-to-text VLM"):
         load_vlm(tmp_path)
+
+
+class _CacheSpelling(torch.nn.Module):
+    """The loaded model with its KV-cache forward argument and output attribute spelt
+    `spelling` ("past_key_values" before transformers 5.24, "cache" since), whatever
+    the installed transformers calls them."""
+
+    def __init__(self, model, spelling):
+        super().__init__()
+        self.inner = model
+        native = next(name for name in ("cache", "past_key_values") if name in inspect.signature(model.forward).parameters)
+
+        def forward(input_ids=None, inputs_embeds=None, mm_encoder_outputs=None, **kwargs):
+            kwargs[native] = kwargs.pop(spelling)
+            outputs = model(input_ids=input_ids, inputs_embeds=inputs_embeds, mm_encoder_outputs=mm_encoder_outputs,
+                            **kwargs)
+            return SimpleNamespace(logits=outputs.logits, hidden_states=outputs.hidden_states,
+                                   **{spelling: getattr(outputs, native)})
+
+        parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                      for name in ("input_ids", "inputs_embeds", "mm_encoder_outputs", spelling)]
+        forward.__signature__ = inspect.Signature(
+            [*parameters, inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+        self.forward = forward
+        self.config, self.generation_config = model.config, model.generation_config
+        self.get_input_embeddings, self.get_output_embeddings = model.get_input_embeddings, model.get_output_embeddings
+        self.get_image_features, self.get_decoder = model.get_image_features, model.get_decoder
+
+
+@pytest.mark.parametrize("spelling", ["past_key_values", "cache"])
+def test_encode_finds_the_kv_cache_argument_by_feature(vlm, special, spelling):
+    respelt = LoadedVLM(_CacheSpelling(vlm.model, spelling), vlm.processor, vlm.info, vlm.decoder_layers)
+    assert respelt.cache_argument == spelling
+    expected = _encode(vlm, special, images=[_red_image()])
+    result = _encode(respelt, special, images=[_red_image()])
+    assert (result.answer_token_ids, result.caption_token_ids) == (expected.answer_token_ids, expected.caption_token_ids)
+    assert result.tokens_processed == expected.tokens_processed
+    torch.testing.assert_close(result.features.caption_hidden_states, expected.features.caption_hidden_states)
+
+
+def test_a_model_without_a_kv_cache_argument_is_unsupported(vlm, special, llava_dir):
+    model = _CacheSpelling(vlm.model, "past_key_values")
+    model.forward.__signature__ = inspect.Signature(
+        [p for p in inspect.signature(model.forward).parameters.values() if p.name != "past_key_values"])
+    with pytest.raises(UnsupportedVLMError, match="lacks a KV-cache forward argument \\('cache' or 'past_key_values'\\)"):
+        _check_supported(model, vlm.processor, llava_dir)
 
 
 # --- encoding on LLaVA ---------------------------------------------------------------
