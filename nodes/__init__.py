@@ -1,20 +1,16 @@
-"""The pack's ComfyUI nodes (V3 API). Node IDs are permanent once released."""
+"""The pack's ComfyUI nodes. On a ComfyUI older than the oldest supported, nothing that
+needs the V3 API is imported: one line is logged and no node is registered."""
 
-from typing_extensions import override
+import logging
 
-from comfy_api.latest import ComfyExtension, io
+from .comfyui_support import unsupported_reason
 
-from .encode import M2ChatEncode
-from .loaders import M2ChatAdapterLoader, M2ChatVLMLoader
-from .story import M2ChatStory
-from .storyboard import M2ChatStoryboard
+UNSUPPORTED_REASON = unsupported_reason()
 
+if UNSUPPORTED_REASON is None:
+    from .extension import comfy_entrypoint
 
-class M2ChatExtension(ComfyExtension):
-    @override
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [M2ChatVLMLoader, M2ChatAdapterLoader, M2ChatEncode, M2ChatStory, M2ChatStoryboard]
-
-
-async def comfy_entrypoint() -> M2ChatExtension:
-    return M2ChatExtension()
+    __all__ = ["UNSUPPORTED_REASON", "comfy_entrypoint"]
+else:
+    logging.getLogger(__name__).error(UNSUPPORTED_REASON)
+    __all__ = ["UNSUPPORTED_REASON"]
