@@ -97,7 +97,8 @@ def test_workflow_loads_and_runs_in_the_frontend(path, page, app_url, comfy_serv
 
     saved = {node["id"]: node for node in page.evaluate("() => app.graph.serialize()")["nodes"]}
     for node in workflow["nodes"]:
-        assert saved[node["id"]]["widgets_values"] == node["widgets_values"], node["type"]
+        # Newer frontends (1.49) leave the key out for nodes without widgets.
+        assert saved[node["id"]].get("widgets_values", []) == node.get("widgets_values", []), node["type"]
         assert socket_inputs(saved[node["id"]]) == socket_inputs(node), node["type"]
     object_info = comfy_server.get("/object_info")
     frontend_prompt = page.evaluate("async () => (await app.graphToPrompt()).output")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import sys
 import uuid
 from pathlib import Path
@@ -33,6 +34,15 @@ class _HeadlessServer:
         pass
 
 
+def _cache_args(args) -> dict:
+    """The executor's cache arguments as this ComfyUI's main.py builds them for the classic
+    cache: one RAM threshold up to 0.3.x; since 0.33 `--cache-ram` is a list and the
+    executor also reads an inactive threshold (both unused by the classic cache, so 0)."""
+    if isinstance(args.cache_ram, list):
+        return {"lru": args.cache_lru, "ram": 0, "ram_inactive": 0}
+    return {"lru": args.cache_lru, "ram": args.cache_ram}
+
+
 class ComfyInProcess:
     def __init__(self, base_directory: Path):
         # ComfyUI's root goes ahead of the repository: both have a top-level `nodes`.
@@ -52,8 +62,7 @@ class ComfyInProcess:
         self.execution = execution
         self.output_dir = Path(folder_paths.get_output_directory())
         self.models_dir = Path(folder_paths.models_dir)  # the tiny models: models/LLM, models/m2chat, ...
-        self.executor = execution.PromptExecutor(
-            _HeadlessServer(), cache_type=False, cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
+        self.executor = execution.PromptExecutor(_HeadlessServer(), cache_type=False, cache_args=_cache_args(args))
 
     def node_class(self, class_type: str):
         return self.nodes.NODE_CLASS_MAPPINGS[class_type]
@@ -81,7 +90,8 @@ class ComfyInProcess:
     def node_outputs(self, node_id: str) -> list:
         """The outputs of the last run's node `node_id`, as ComfyUI's cache holds them
         (one list per output socket)."""
-        return self.executor.caches.outputs.get(node_id).outputs
+        entry = self.executor.caches.outputs.get(node_id)
+        return (asyncio.run(entry) if inspect.isawaitable(entry) else entry).outputs  # a coroutine since 0.33
 
     def saved_images(self, ui_outputs: dict, node_id: str) -> list[Path]:
         return [self.output_dir / image["subfolder"] / image["filename"]
