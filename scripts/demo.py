@@ -32,7 +32,7 @@ def main() -> int:
         prompt = swap_to_tiny_models(ui_to_api(json.loads(WORKFLOW.read_text()), server.get("/object_info")))
         print(f"Running {WORKFLOW.relative_to(REPO)} at its own settings (four 1024x1024 panels, "
               "25 steps): a few minutes on a CPU ...", flush=True)
-        entry = server.wait(server.queue(prompt), timeout=1800)
+        entry = server.wait(server.queue(prompt))
         if entry["status"]["status_str"] != "success":
             print(f"The demo workflow failed: {entry['status']}\nServer log: {server.log_path}")
             return 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfyui_env import HUNG_AFTER_S
 
 from train.tiny_assets import build_tiny_assets
 from train.trainer import DEFAULT_EXPORT_NAME
@@ -73,7 +74,7 @@ class StageRunner:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
-    def run(self, stage: int, arguments: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    def run(self, stage: int, arguments: list[str], timeout: float = HUNG_AFTER_S) -> subprocess.CompletedProcess:
         return subprocess.run(
             self.command(stage, arguments), cwd=REPO_ROOT, env=self.env(), capture_output=True, text=True,
             timeout=timeout,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from comfyui_env import HUNG_AFTER_S
 
 from train.evaluate.cli import main
 from train.evaluate.tiny_assets import build_tiny_evaluation_assets
@@ -33,7 +34,7 @@ def _arguments(assets: Path, output_dir: Path, *overrides: str) -> list[str]:
 
 def _evaluate(arguments: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "train.evaluate", *arguments], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HUNG_AFTER_S)
 
 
 def _images(output_dir: Path) -> dict[str, int]:

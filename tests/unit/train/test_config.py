@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -71,11 +70,10 @@ def test_shipped_configs_use_only_known_fields(name, runner):
     ],
 )
 def test_invalid_configs_fail_before_any_model_loads(runner, tmp_path, stage, extra, field):
-    started = time.monotonic()
-    result = runner.run(stage, runner.overrides(stage, tmp_path) + extra, timeout=60)
+    result = runner.run(stage, runner.overrides(stage, tmp_path) + extra)
     assert result.returncode == EXIT_CONFIG_ERROR
     assert field in result.stderr
-    assert "Loaded VLM" not in result.stderr and time.monotonic() - started < 20
+    assert "Loaded VLM" not in result.stderr
     assert not (tmp_path / "config.yaml").exists()  # nothing was started
 
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+from comfyui_env import HUNG_AFTER_S
 from harness.training import REPO_ROOT
 from m2chat_core.adapter_file import load_adapter_file
 from train.checkpoints import list_checkpoints
@@ -25,7 +26,8 @@ def test_two_process_stage1_trains_checkpoints_and_exports(runner, tmp_path):
                "-m", "train.stage1", *runner.overrides(1, output_dir), "--optim.max_steps=4",
                "--engine.checkpoint_every=2"]
     env = {**runner.env(), "ACCELERATE_USE_CPU": "true"}  # accelerate's multi-CPU (gloo) mode
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=HUNG_AFTER_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stderr
     assert [path.name for path in list_checkpoints(output_dir / "checkpoints")] == ["checkpoint-2", "checkpoint-4"]
