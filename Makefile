@@ -16,3 +16,9 @@ demo: setup
 
 test: setup-browser
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+# The Comfy ecosystem's own checks (comfy node validate, comfy-test lint, comfy-import-guard,
+# comfy-lint, ComfyUI-Manager's security check), offline, in their own venv .venv-registry/
+.PHONY: registry-checks
+registry-checks: setup
+	bash scripts/registry_checks.sh $(REGISTRY_COMFYUI_DIRS)
