@@ -130,7 +130,7 @@ TAGS=()
 git init -q "$CACHE/ComfyUI"
 for tree in "${TREES[@]}"; do
   version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$tree/comfyui_version.py" 2>/dev/null)
-  if [ -z "$version" ]; then record "import-guard $tree" SKIP "no ComfyUI there"; continue; fi
+  if [ -z "$version" ]; then record "import-guard" SKIP "no ComfyUI at $tree"; continue; fi
   git_tree=(git --git-dir="$CACHE/ComfyUI/.git" --work-tree="$tree" -c user.name=registry-checks
             -c user.email=registry-checks@localhost -c core.autocrlf=false)
   "${git_tree[@]}" read-tree --empty \
