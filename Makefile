@@ -2,10 +2,11 @@
 #   make demo   set up, then run the main job on the embedded tiny models
 #   make test   set up and run every test tier in both test environments:
 #               locked (ComfyUI 0.3.75, tested versions) and latest (ComfyUI 0.33.0, newest
-#               versions the requirements allow; skipped, saying so, without ../shared)
+#               versions the requirements allow; skipped, saying so, without ../shared),
+#               then the Comfy ecosystem's registry checks
 PYTHON := .venv/bin/python
 
-.PHONY: demo test test-locked test-latest setup
+.PHONY: demo test test-locked test-latest setup registry-checks
 
 setup:
 	bash scripts/setup_env.sh
@@ -13,10 +14,15 @@ setup:
 demo: setup
 	$(PYTHON) scripts/demo.py
 
-test: test-locked test-latest
+test: test-locked test-latest registry-checks
 
 test-locked:
 	bash scripts/run_tests.sh locked $(PYTEST_ARGS)
 
 test-latest:
 	bash scripts/run_tests.sh latest $(PYTEST_ARGS)
+
+# The Comfy ecosystem's own checks (comfy node validate, comfy-test lint, comfy-import-guard,
+# comfy-lint, ComfyUI-Manager's security check), offline, in their own venv .venv-registry/
+registry-checks: setup
+	bash scripts/registry_checks.sh $(REGISTRY_COMFYUI_DIRS)

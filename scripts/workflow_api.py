@@ -14,9 +14,14 @@ CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
 FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote"}  # drawn on the canvas, never sent to /prompt
 # Combos that name a file of the user's installation: a workflow names the files users
 # download, a server lists what it has, and callers swap these (e.g. for tiny models).
-FILE_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name"),
-               ("VAELoader", "vae_name"), ("M2ChatVLMLoader", "vlm_name"),
-               ("M2ChatAdapterLoader", "adapter_name"), ("LoadImage", "image")}
+# Each with the folder, under ComfyUI's base directory, that the server lists it from.
+FILE_COMBO_FOLDERS = {("CheckpointLoaderSimple", "ckpt_name"): "models/checkpoints",
+                      ("UNETLoader", "unet_name"): "models/diffusion_models",
+                      ("VAELoader", "vae_name"): "models/vae",
+                      ("M2ChatVLMLoader", "vlm_name"): "models/LLM",  # folders holding config.json
+                      ("M2ChatAdapterLoader", "adapter_name"): "models/m2chat",
+                      ("LoadImage", "image"): "input"}
+FILE_COMBOS = set(FILE_COMBO_FOLDERS)
 
 
 class WorkflowError(ValueError):
