@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -122,10 +123,9 @@ def describe() -> str:
     """One line naming the ComfyUI tree and the key package versions this interpreter tests."""
     from importlib.metadata import version
 
-    namespace: dict = {}
-    exec((COMFYUI_PATH / "comfyui_version.py").read_text(), namespace)
+    comfyui = re.search(r'__version__ = "(.+)"', (COMFYUI_PATH / "comfyui_version.py").read_text()).group(1)
     packages = ("torch", "transformers", "diffusers", "comfyui-frontend-package")
-    return f"ComfyUI {namespace['__version__']} at {COMFYUI_PATH}; " + ", ".join(
+    return f"ComfyUI {comfyui} at {COMFYUI_PATH}; " + ", ".join(
         f"{name} {version(name)}" for name in packages)
 
 
