@@ -79,6 +79,13 @@ def schema_inputs(api_prompt: dict, object_info: dict) -> dict:
             for node_id, node in api_prompt.items()}
 
 
+def _run_button(page):
+    """The frontend's Run button: a button inside the `queue-button` group up to frontend
+    1.3x, the `queue-button` itself since 1.4x (one of the two matches)."""
+    return page.locator('button[data-testid="queue-button"]').or_(
+        page.get_by_test_id("queue-button").get_by_role("button", name="Run"))
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda path: path.stem)
 def test_workflow_loads_and_runs_in_the_frontend(path, page, app_url, comfy_server, artifacts_dir):
     workflow = json.loads(path.read_text())
@@ -108,7 +115,7 @@ def test_workflow_loads_and_runs_in_the_frontend(path, page, app_url, comfy_serv
     page.evaluate(SELECT_TINY_MODELS, [{**TINY_FILE_INPUTS, **small_run_inputs()}, TINY_CHECKPOINT_PARTS])
     assert page.evaluate(WIDGET_PROBLEMS) == []
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as response:
-        page.get_by_test_id("queue-button").get_by_role("button", name="Run").click()
+        _run_button(page).click()
     entry = comfy_server.wait(response.value.json()["prompt_id"])
     assert entry["status"]["status_str"] == "success", entry["status"]
     save_nodes = [node["id"] for node in workflow["nodes"] if node["type"] == "SaveImage"]

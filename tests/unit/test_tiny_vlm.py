@@ -72,11 +72,13 @@ def test_generate_and_hidden_states(model_and_processor):
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
         outputs = model(**inputs, output_hidden_states=True)
+        image_features = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
     assert generated.shape == (1, prompt_length + 5)
     text_config = model.config.text_config
     assert len(outputs.hidden_states) == text_config.num_hidden_layers + 1
     assert outputs.hidden_states[-1].shape == (1, prompt_length, text_config.hidden_size)
-    assert outputs.image_hidden_states.shape == (NUM_IMAGE_TOKENS, text_config.hidden_size)
+    # One (tokens, hidden) tensor per image: a batch tensor up to transformers 5.23, a list since 5.24.
+    assert torch.cat(list(image_features)).shape == (NUM_IMAGE_TOKENS, text_config.hidden_size)
 
 
 def test_tokenizer_round_trips_text_and_pads_left(model_and_processor):
