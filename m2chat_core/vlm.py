@@ -34,6 +34,8 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .upcast import upcast_releasing_file_pages
+
 logger = logging.getLogger(__name__)
 
 FAMILIES = {"llava": "llava-1.5", "llava_next": "llava-next", "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl"}
@@ -263,7 +265,19 @@ def load_vlm(
             f"{folder} has no usable processor (tokenizer, image processor, chat template): "
             f"{str(error).rstrip('.')}. Copy the processor files that came with the model into the folder."
         ) from error
+    # float32 from a narrower folder on the CPU: load the folder's dtype (views of the
+    # mapped file) and upcast tensor by tensor, so the file's pages and the float32 copies
+    # are never all resident together (see upcast.py).
+    stored_dtype = getattr(config, "dtype", None)
+    upcast = (
+        torch_dtype == torch.float32 and device.type == "cpu" and quantization == "none"
+        and isinstance(stored_dtype, torch.dtype) and stored_dtype != torch.float32
+    )
+    if upcast:
+        options["dtype"] = stored_dtype
     model = AutoModelForImageTextToText.from_pretrained(folder, config=config, **options)
+    if upcast:
+        upcast_releasing_file_pages(model, torch.float32)
     model.eval()
     decoder_layers = _check_supported(model, processor, folder)
     info = _describe(model, folder, decoder_layers)

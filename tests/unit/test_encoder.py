@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
 
 from harness.tiny_qwen import QWEN_FAMILIES, build_tiny_qwen
 from m2chat_core.encoder import ContextLengthError, EncodeError, encode, text_marker_embeddings
@@ -107,6 +107,23 @@ def test_load_reports_the_llava_layout(vlm, llava_dir):
 def test_load_straight_into_the_chosen_dtype(llava_dir):
     loaded = load_vlm(llava_dir, dtype="bfloat16")
     assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.bfloat16}
+
+
+def test_float32_from_a_bfloat16_folder_equals_transformers_own_float32_load(tmp_path, llava_dir):
+    # load_vlm upcasts tensor by tensor from the mapped file (to bound peak memory); the
+    # result must be what transformers loads straight into float32, buffers included.
+    bf16_dir = tmp_path / "bf16"
+    load_vlm(llava_dir, dtype="bfloat16").model.save_pretrained(bf16_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        if (llava_dir / name).is_file():
+            (bf16_dir / name).write_bytes((llava_dir / name).read_bytes())
+    upcast = load_vlm(bf16_dir, dtype="float32").model
+    reference = AutoModelForImageTextToText.from_pretrained(bf16_dir, dtype=torch.float32)
+    ours = dict(upcast.named_parameters()) | dict(upcast.named_buffers())
+    theirs = dict(reference.named_parameters()) | dict(reference.named_buffers())
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
 
 
 def test_load_errors_name_the_problem(tmp_path, llava_dir):
