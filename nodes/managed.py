@@ -23,10 +23,12 @@ _WORKING_TOKENS = 4096
 
 
 class ManagedModule(torch.nn.Module):
-    def __init__(self, module: torch.nn.Module, hidden_size: int, num_layers: int):
+    def __init__(self, module: torch.nn.Module, hidden_size: int, num_layers: int,
+                 prefix_cache: PrefixCache | None = None):
         super().__init__()
         self.module = module
         self.device = comfy.model_management.text_encoder_offload_device()
+        self.prefix_cache = prefix_cache  # the VLM's; None for the adapter
         self._hidden_size = hidden_size
         self._num_layers = num_layers
 
@@ -59,9 +61,8 @@ def make_patcher(module: torch.nn.Module, *, hidden_size: int, num_layers: int):
 
 
 def make_vlm_patcher(module: torch.nn.Module, prefix_cache: PrefixCache, *, hidden_size: int, num_layers: int):
-    managed = ManagedModule(module, hidden_size, num_layers)
-    managed.prefix_cache = prefix_cache
-    return VLMPatcher(managed, load_device=comfy.model_management.text_encoder_device(),
+    return VLMPatcher(ManagedModule(module, hidden_size, num_layers, prefix_cache),
+                      load_device=comfy.model_management.text_encoder_device(),
                       offload_device=comfy.model_management.text_encoder_offload_device())
 
 
