@@ -51,12 +51,9 @@ def plan_prefill(
 
     reused, kv_cache = 0, None
     if prefix_cache is not None and units is not None:
-        shared, kv_cache = prefix_cache.longest_prefix(units)
-        reused = _usable_prefix(shared, runs, len(token_ids))
-        if reused == 0:
-            kv_cache = None
-        elif reused < shared:
-            kv_cache.crop(reused - shared)
+        reused, kv_cache = prefix_cache.longest_prefix(
+            units, lambda shared: _usable_prefix(shared, runs, len(token_ids))
+        )
 
     if units is None:
         fed_images = list(range(len(digests)))

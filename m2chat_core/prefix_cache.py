@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,17 @@ def common_prefix_length(first: Sequence[Hashable], second: Sequence[Hashable]) 
             break
         length += 1
     return length
+
+
+def _crop(kv_cache: Any, length: int) -> bool:
+    """Cut `kv_cache` in place to its first `length` positions; False where its layers
+    cannot be cut back (sliding-window layers past their window)."""
+    try:
+        kv_cache.crop(length - kv_cache.get_seq_length())  # a negative count: positions removed from the end
+    except (RuntimeError, ValueError) as error:
+        logger.debug("Prefix cache not used: this KV cache cannot be cut back (%s).", error)
+        return False
+    return True
 
 
 class PrefixCache:
@@ -83,25 +94,27 @@ class PrefixCache:
         self._entries.clear()
         self._image_features.clear()
 
-    def longest_prefix(self, units: Units) -> tuple[int, Any]:
-        """(n, KV cache of the first n units) for the entry sharing the longest prefix with
-        `units`; the KV cache is a copy cut to n positions, so the entry stays intact.
-        (0, None) on a miss."""
-        best_id, best_length = None, 0
+    def longest_prefix(self, units: Units, usable: Callable[[int], int] = lambda shared: shared) -> tuple[int, Any]:
+        """(n, KV cache of the first n units) from the entry sharing the longest prefix with
+        `units`, n = usable(length shared) (a caller may cut it back). The KV cache is a
+        copy, so the entry stays intact. (0, None) on a miss."""
+        best_id, shared = None, 0
         for entry_id, entry in self._entries.items():
             length = common_prefix_length(entry.units, units)
-            if length > best_length:
-                best_id, best_length = entry_id, length
-        if best_id is None:
-            logger.debug("Prefix cache miss: none of %d entries shares a prefix with %d tokens.",
+            if length > shared:
+                best_id, shared = entry_id, length
+        reused = usable(shared) if best_id is not None else 0
+        if reused == 0:
+            logger.debug("Prefix cache miss: no usable prefix among %d entries for %d tokens.",
                          len(self._entries), len(units))
             return 0, None
         self._entries.move_to_end(best_id)
         entry = self._entries[best_id]
         kv_cache = copy.deepcopy(entry.kv_cache)
-        kv_cache.crop(best_length - len(entry.units))  # a negative count: positions removed from the end
-        logger.debug("Prefix cache hit: %d of %d tokens reused.", best_length, len(units))
-        return best_length, kv_cache
+        if not _crop(kv_cache, reused):
+            return 0, None
+        logger.debug("Prefix cache hit: %d of %d tokens reused.", reused, len(units))
+        return reused, kv_cache
 
     def store(self, units: Units, kv_cache: Any) -> None:
         """Keep `kv_cache`, cut in place to its first len(units) positions, for later turns;
@@ -115,7 +128,8 @@ class PrefixCache:
                 del self._entries[entry_id]
         while self._entries and self.cached_tokens + len(units) > self.max_tokens:
             self._entries.popitem(last=False)
-        kv_cache.crop(len(units) - kv_cache.get_seq_length())  # drop the generated positions
+        if not _crop(kv_cache, len(units)):  # drop the generated positions
+            return
         self._entries[self._next_id] = _Entry(tuple(units), kv_cache)
         self._next_id += 1
 

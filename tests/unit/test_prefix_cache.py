@@ -173,3 +173,20 @@ def test_a_cache_of_no_tokens_changes_nothing(llava, special):
 def test_cache_limits_must_not_be_negative():
     with pytest.raises(ValueError, match="max_tokens=-1"):
         PrefixCache(max_tokens=-1)
+
+
+class _UncroppableCache:
+    """A KV cache whose layers cannot be cut back (sliding-window layers past their window)."""
+
+    def get_seq_length(self):
+        return 12
+
+    def crop(self, tokens_to_remove):
+        raise RuntimeError("the sliding window size was already reached")
+
+
+def test_a_kv_cache_that_cannot_be_cut_back_is_not_kept():
+    cache = PrefixCache(max_tokens=100)
+    cache.store(tuple(range(10)), _UncroppableCache())
+    assert cache.cached_tokens == 0
+    assert cache.longest_prefix(tuple(range(10))) == (0, None)
