@@ -30,6 +30,8 @@ from PIL import Image
 from transformers import BatchFeature
 
 from .encoding import VLMFeatures
+from .prefill import plan_prefill
+from .prefix_cache import PrefixCache
 from .prompt import build_prompt, get_task, strip_markers
 from .session import ChatSession, ChatTurn, image_to_png
 from .special_tokens import CAPTION_START, SPECIAL_TOKENS
@@ -63,7 +65,8 @@ class EncodeResult:
     answer_token_ids: tuple[int, ...]
     caption_token_ids: tuple[int, ...]
     prompt_tokens: int
-    tokens_processed: int  # prompt + answer + <|IC|> + caption + K, each fed to the LLM once
+    reused_prompt_tokens: int  # of them, taken from the prefix cache instead of prefilled
+    tokens_processed: int  # prompt - reused + answer + <|IC|> + caption + K, each fed to the LLM once
     dropped_turns: int  # oldest session turns left out of the prompt to fit the context
 
 
@@ -105,10 +108,13 @@ class _KVDecoder:
     def _keep_lm_head_input(self, module: Any, args: tuple) -> None:
         self._lm_head_input = args[0]
 
-    def prefill(self, inputs: dict[str, Any], mm_encoder_outputs: dict[str, Any] | None) -> _Step:
-        self.vlm.reset_generation_state()
-        if mm_encoder_outputs is not None:
-            inputs = {**inputs, "mm_encoder_outputs": mm_encoder_outputs}
+    @property
+    def kv_cache(self) -> Any:
+        return self._cache
+
+    def prefill(self, inputs: dict[str, Any], kv_cache: Any = None) -> _Step:
+        """Feed the prompt's `inputs` after the positions `kv_cache` already holds (if any)."""
+        self._cache = kv_cache
         return self._forward(read_layers=False, **inputs)
 
     def feed_token(self, token_id: int, *, read_layers: bool) -> _Step:
@@ -243,6 +249,7 @@ def encode(
     temperature: float = 0.0,
     top_p: float = 1.0,
     on_token: TokenCallback | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> EncodeResult:
     """Run one turn: the user's `prompt` and `images` after `session`.
 
@@ -250,7 +257,9 @@ def encode(
     sampling uses a generator seeded with `seed`, so a seed gives identical outputs.
     When the prompt plus the generation budget exceeds the context, the oldest turns
     are left out (logged, `dropped_turns`). `on_token(step, total)` runs after every
-    token and may raise to stop generation before the next forward.
+    token and may raise to stop generation before the next forward. With a
+    `prefix_cache`, the prompt prefix it holds from earlier turns is reused (only the
+    rest is prefilled) and this turn's prompt is kept in it; the outputs are the same.
     """
     _check_arguments(
         vlm, special_token_embeddings, chosen_layers, num_image_tokens, draw_mode, max_new_tokens, temperature, top_p
@@ -260,19 +269,16 @@ def encode(
     answer_budget = 0 if draw_mode == "always" and not get_task(task).answer_first else max_new_tokens
     may_draw = draw_mode != "never"
     reserve = answer_budget + (1 + max_new_tokens + num_image_tokens if may_draw else 0)
-    inputs, dropped_turns, num_prompt_images = _fit_context(vlm, session, new_turn, reserve)
+    inputs, dropped_turns, prompt_images = _fit_context(vlm, session, new_turn, reserve)
 
     progress = _Progress(on_token, answer_budget + (max_new_tokens + 2 if may_draw else 0))
     sampler = _Sampler(temperature, top_p, torch.Generator().manual_seed(seed))
 
     with torch.no_grad(), _KVDecoder(vlm, chosen_layers) as decoder:
         shared = dict(decoder=decoder, sampler=sampler, progress=progress, end_ids=vlm.eos_token_ids())
-        mm_encoder_outputs, new_image_features = None, []
-        if num_prompt_images:
-            mm_encoder_outputs, per_image = vlm.encode_images(inputs)
-            new_image_features = per_image[num_prompt_images - len(new_turn.images) :]
-        step = decoder.prefill(vlm.forward_inputs(inputs), mm_encoder_outputs)
-        prompt_tokens = decoder.tokens_processed
+        vlm.reset_generation_state()
+        prefill = plan_prefill(vlm, inputs, prompt_images, len(new_turn.images), prefix_cache)
+        step = decoder.prefill(prefill.forward_inputs, prefill.kv_cache)
 
         answer = _generate_segment(  # y_res
             step=step, budget=answer_budget, special_embedding=caption_start, special_allowed=may_draw,
@@ -289,9 +295,11 @@ def encode(
             )
             progress.finish()  # <|img|>×K, one step
             image_step = decoder.feed_embeddings(image_token.expand(num_image_tokens, -1), read_layers=True)
-            features = _features(answer, caption, image_step.layer_states, new_image_features)
+            features = _features(answer, caption, image_step.layer_states, prefill.new_image_features)
         elif draw_mode == "auto":
             logger.info("The VLM did not emit %s, so this turn draws no image (draw mode 'auto').", CAPTION_START)
+        if prefix_cache is not None and prefill.units is not None:
+            prefix_cache.store(prefill.units, decoder.kv_cache)
 
     answer_text, caption_text = _decode(vlm, answer.token_ids), _decode(vlm, caption.token_ids)
     return EncodeResult(
@@ -303,7 +311,8 @@ def encode(
         caption_start_forced=draws and not answer.special_emitted,
         answer_token_ids=tuple(answer.token_ids),
         caption_token_ids=tuple(caption.token_ids),
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=inputs["input_ids"].shape[1],
+        reused_prompt_tokens=prefill.reused,
         tokens_processed=decoder.tokens_processed,
         dropped_turns=dropped_turns,
     )
@@ -343,15 +352,16 @@ def _check_arguments(
 
 def _fit_context(
     vlm: LoadedVLM, session: ChatSession, new_turn: ChatTurn, reserve: int
-) -> tuple[BatchFeature, int, int]:
+) -> tuple[BatchFeature, int, list[bytes]]:
     """Processor inputs of the longest recent history that leaves `reserve` tokens of
-    context for generation; also how many turns were dropped and how many images the
-    prompt holds."""
+    context for generation; also how many turns were dropped and the prompt's images
+    (PNG bytes, in prompt order)."""
     limit = vlm.info.max_context_length
     for dropped in range(len(session.turns) + 1):
         history = session.turns[dropped:]
-        images = [image for turn in (*history, new_turn) for image in turn.pil_images()]
-        inputs = vlm.process(build_prompt(vlm.processor, history, new_turn), images)
+        images = [image for turn in (*history, new_turn) for image in turn.images]
+        pil_images = [image for turn in (*history, new_turn) for image in turn.pil_images()]
+        inputs = vlm.process(build_prompt(vlm.processor, history, new_turn), pil_images)
         prompt_length = inputs["input_ids"].shape[1]
         if prompt_length + reserve <= limit:
             if dropped:
@@ -359,7 +369,7 @@ def _fit_context(
                     "Left the %d oldest of %d session turns out of the prompt to fit %s's context of %d tokens.",
                     dropped, len(session.turns), vlm.info.name, limit,
                 )
-            return inputs, dropped, len(images)
+            return inputs, dropped, images
     raise ContextLengthError(
         f"The new turn alone needs {prompt_length} prompt tokens plus {reserve} for generation, more than "
         f"{vlm.info.name}'s context of {limit} tokens. Shorten the prompt, give fewer or smaller images, or "

@@ -103,6 +103,13 @@ def strip_markers(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def panel_prompt(premise: str, index: int, panels: int) -> str:
+    """The user turn asking for part `index` (from 0) of a story in `panels` parts."""
+    if index == 0:
+        return f"{premise}\nTell this story in {panels} parts. Part 1 of {panels}."
+    return f"Continue the story: part {index + 1} of {panels}."
+
+
 def build_prompt(processor: Any, history: Sequence[ChatTurn], new_turn: ChatTurn) -> str:
     """Eq. 1 prompt text for `new_turn` after `history`, ending with "Response:".
 

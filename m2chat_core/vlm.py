@@ -32,6 +32,9 @@ from transformers import (
     BatchFeature,
     PretrainedConfig,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .upcast import upcast_releasing_file_pages
 
 logger = logging.getLogger(__name__)
 
@@ -122,34 +125,104 @@ class LoadedVLM:
         """Token ids (image placeholders expanded) and pixel inputs for one prompt."""
         return self.processor(text=text, images=list(images) or None, return_tensors="pt")
 
-    def encode_images(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """Run the vision tower + projector once on the prompt's images.
+    @property
+    def image_token_id(self) -> int | None:
+        """The id of the placeholder token the processor expands for each image."""
+        config = self.model.config
+        token_id = getattr(config, "image_token_id", None)
+        return token_id if token_id is not None else getattr(config, "image_token_index", None)
+
+    def encode_images(
+        self, inputs: Mapping[str, Any], indices: Sequence[int] | None = None
+    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """Run the vision tower + projector once on the prompt's images (or on those at
+        `indices`, in prompt order).
 
         Returns the forward's `mm_encoder_outputs` (so the forward does not encode them
-        again) and one (P_i, D_vis) tensor per image, in prompt order.
+        again) and one (P_i, D_vis) tensor per image encoded.
         """
         arguments = {
             key: value.to(self.device) if isinstance(value, torch.Tensor) else value
-            for key, value in inputs.items()
+            for key, value in _select_images(inputs, indices).items()
             if key in self._image_feature_arguments
         }
         arguments["pixel_values"] = arguments["pixel_values"].to(self.dtype)
         outputs = self.model.get_image_features(**arguments, return_dict=True)
         return {"image": outputs}, list(outputs.pooler_output)
 
-    def forward_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def image_encoder_outputs(features: Sequence[torch.Tensor]) -> dict[str, Any] | None:
+        """`mm_encoder_outputs` for a forward whose placeholders stand for `features`, one
+        (P_i, D_vis) tensor per image, in prompt order; None without images."""
+        return {"image": BaseModelOutputWithPooling(pooler_output=list(features))} if features else None
+
+    def forward_inputs(
+        self, inputs: Mapping[str, Any], start: int = 0, image_indices: Sequence[int] = ()
+    ) -> dict[str, Any]:
         """The processor outputs the forward takes once images are encoded (ids, mask,
-        grid sizes for M-RoPE, ...), on the model's device."""
-        return {
+        grid sizes for M-RoPE, ...), on the model's device.
+
+        With `start` > 0 the first `start` positions come from a KV cache: the sequence
+        inputs keep only the positions after it, the attention mask stays whole, the
+        per-image inputs keep the images at `image_indices` (those after `start`), and
+        M-RoPE models get their position ids for the whole prompt cut the same way. Call
+        `reset_generation_state` first.
+        """
+        forward = {
             key: value.to(self.device)
             for key, value in inputs.items()
             if key not in _PIXEL_KEYS and key in self._forward_arguments
         }
+        if start == 0:
+            return forward
+        position_ids = self._prompt_position_ids(forward)
+        length = forward["input_ids"].shape[1]
+        for key, value in forward.items():
+            if key in self._image_feature_arguments:
+                forward[key] = value[list(image_indices)] if image_indices else None
+            elif key != "attention_mask" and value.dim() == 2 and value.shape[1] == length:
+                forward[key] = value[:, start:]
+        if position_ids is not None:
+            forward["position_ids"] = position_ids[..., start:]
+        return {key: value for key, value in forward.items() if value is not None}
+
+    def _prompt_position_ids(self, forward: Mapping[str, Any]) -> torch.Tensor | None:
+        """M-RoPE position ids of the whole prompt, computed (and the rope deltas that later
+        steps continue from recorded) by the model's own method; None for 1-D positions."""
+        for module in self._stateful_modules:
+            compute = getattr(module, "compute_3d_position_ids", None)
+            if compute is not None:
+                # No cache (so no past length): positions from 0. Arguments the prompt lacks
+                # (video grids, the cache under either name) are passed as None.
+                parameters = inspect.signature(compute).parameters
+                arguments = {name: forward.get(name) for name in parameters if name not in ("self", "kwargs")}
+                return compute(**arguments)
+        return None
 
     def reset_generation_state(self) -> None:
         """Forget per-sequence state cached by a previous generation (Qwen2-VL's rope deltas)."""
         for module in self._stateful_modules:
             module.rope_deltas = None
+
+
+def _select_images(inputs: Mapping[str, Any], indices: Sequence[int] | None) -> Mapping[str, Any]:
+    """The pixel inputs of the images at `indices` (all when None). Qwen2-VL-style processors
+    flatten every image's patches into one `pixel_values` and give each image's grid in
+    `image_grid_thw`; others stack one entry per image."""
+    if indices is None:
+        return inputs
+    indices = list(indices)
+    selected = dict(inputs)
+    grid = inputs.get("image_grid_thw")
+    if grid is not None:
+        patches = inputs["pixel_values"].split(grid.prod(-1).tolist())
+        selected["pixel_values"] = torch.cat([patches[index] for index in indices])
+        selected["image_grid_thw"] = grid[indices]
+        return selected
+    for key in ("pixel_values", "image_sizes"):
+        if key in inputs:
+            selected[key] = inputs[key][indices]
+    return selected
 
 
 def load_vlm(
@@ -192,7 +265,19 @@ def load_vlm(
             f"{folder} has no usable processor (tokenizer, image processor, chat template): "
             f"{str(error).rstrip('.')}. Copy the processor files that came with the model into the folder."
         ) from error
+    # float32 from a narrower folder on the CPU: load the folder's dtype (views of the
+    # mapped file) and upcast tensor by tensor, so the file's pages and the float32 copies
+    # are never all resident together (see upcast.py).
+    stored_dtype = getattr(config, "dtype", None)
+    upcast = (
+        torch_dtype == torch.float32 and device.type == "cpu" and quantization == "none"
+        and isinstance(stored_dtype, torch.dtype) and stored_dtype != torch.float32
+    )
+    if upcast:
+        options["dtype"] = stored_dtype
     model = AutoModelForImageTextToText.from_pretrained(folder, config=config, **options)
+    if upcast:
+        upcast_releasing_file_pages(model, torch.float32)
     model.eval()
     decoder_layers = _check_supported(model, processor, folder)
     info = _describe(model, folder, decoder_layers)

@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from ..m2chat_core.adapter_file import load_adapter_file
 from ..m2chat_core.vlm import DTYPES, QUANTIZATIONS, load_vlm
-from .managed import make_patcher
+from ..m2chat_core.prefix_cache import PrefixCache
+from .managed import make_patcher, make_vlm_patcher
 from .model_folders import list_adapter_files, list_vlm_folders, resolve_adapter_file, resolve_vlm_folder
 from .types import AdapterType, M2ChatAdapter, M2ChatVLM, VLMType
 
@@ -39,11 +40,13 @@ class M2ChatVLMLoader(io.ComfyNode):
     def execute(cls, vlm_name, dtype, quantization, trust_remote_code) -> io.NodeOutput:
         loaded = load_vlm(resolve_vlm_folder(vlm_name), dtype=dtype, quantization=quantization,
                           trust_remote_code=trust_remote_code)
-        patcher = make_patcher(loaded.model, hidden_size=loaded.info.hidden_size,
-                               num_layers=loaded.info.num_layers)
+        # One context's worth of KV: a story's or dialogue's growing prompt fits in it.
+        prefix_cache = PrefixCache(max_tokens=loaded.info.max_context_length)
+        patcher = make_vlm_patcher(loaded.model, prefix_cache, hidden_size=loaded.info.hidden_size,
+                                   num_layers=loaded.info.num_layers)
         if quantization != "none":  # bitsandbytes weights cannot move between devices
             patcher.offload_device = patcher.load_device
-        return io.NodeOutput(M2ChatVLM(loaded, patcher))
+        return io.NodeOutput(M2ChatVLM(loaded, patcher, prefix_cache))
 
 
 class M2ChatAdapterLoader(io.ComfyNode):

@@ -70,9 +70,11 @@ def run_turn(vlm: M2ChatVLM, adapter: M2ChatAdapter | None, session: ChatSession
         config = adapter.file.config
         special = adapter.module.special_token_embeddings.detach()
         layers, image_tokens = config.chosen_layers, config.num_image_tokens
-        load_for_use(patched_vlm(vlm.patcher, adapter.file.vlm_deltas), adapter.patcher)
+        vlm_patcher = patched_vlm(vlm, adapter.file.vlm_deltas)
+        load_for_use(vlm_patcher, adapter.patcher)
     else:
-        load_for_use(vlm.patcher)
+        vlm_patcher = vlm.patcher
+        load_for_use(vlm_patcher)
         special, layers, image_tokens = text_marker_embeddings(vlm.loaded), (-1,), 1
 
     def on_token(step: int, total: int) -> None:
@@ -84,7 +86,8 @@ def run_turn(vlm: M2ChatVLM, adapter: M2ChatAdapter | None, session: ChatSession
                     chosen_layers=layers, num_image_tokens=image_tokens, task=settings.task,
                     draw_mode=settings.draw_mode, seed=settings.seed,
                     max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                    top_p=settings.top_p, on_token=on_token)
+                    top_p=settings.top_p, on_token=on_token,
+                    prefix_cache=vlm.prefix_cache.for_weights(vlm_patcher.patches_uuid))
     vlm.counter.total += result.tokens_processed
     if adapter is None or result.features is None:
         return result, None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from comfy.weight_adapter.lora import LoRAAdapter
 
 from ..m2chat_core.adapter_file import VLMDeltas
+from .types import M2ChatVLM
 
 MODULE_PREFIX = "module."  # ManagedModule holds the VLM as `module`
 LORA_DOWN, LORA_UP = ".lora_A.weight", ".lora_B.weight"
@@ -28,10 +29,13 @@ def delta_patches(deltas: VLMDeltas) -> dict[str, object]:
     return patches
 
 
-def patched_vlm(vlm_patcher, deltas: VLMDeltas | None):
+def patched_vlm(vlm: M2ChatVLM, deltas: VLMDeltas | None):
+    """The VLM's patcher with `deltas` applied: the same clone for the same deltas."""
     if deltas is None:
-        return vlm_patcher
-    patcher = vlm_patcher.clone()
+        return vlm.patcher
+    if vlm.delta_patcher is not None and vlm.delta_patcher[0] is deltas:
+        return vlm.delta_patcher[1]
+    patcher = vlm.patcher.clone()
     patches = delta_patches(deltas)
     applied = patcher.add_patches(patches)
     missing = sorted(set(patches) - set(applied))
@@ -39,4 +43,5 @@ def patched_vlm(vlm_patcher, deltas: VLMDeltas | None):
         raise ValueError(f"The adapter's VLM deltas name {len(missing)} weights this VLM does not "
                          f"have (e.g. {missing[0].removeprefix(MODULE_PREFIX)}): it was trained on "
                          "another VLM architecture. Load the VLM it was trained on.")
+    vlm.delta_patcher = (deltas, patcher)
     return patcher

@@ -142,7 +142,10 @@ def train_byte_level_bpe(vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Tokenizer:
     return tokenizer
 
 
-def tiny_vlm_config(preset: str, vocab_size: int) -> LlavaConfig:
+DEFAULT_MAX_CONTEXT = 512
+
+
+def tiny_vlm_config(preset: str, vocab_size: int, max_context: int = DEFAULT_MAX_CONTEXT) -> LlavaConfig:
     """LlavaConfig of a preset: a LLaMA text model and a 2-layer CLIP vision tower."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown tiny VLM preset {preset!r}; choose one of {sorted(PRESETS)}.")
@@ -155,7 +158,7 @@ def tiny_vlm_config(preset: str, vocab_size: int) -> LlavaConfig:
         num_hidden_layers=llm.num_layers,
         num_attention_heads=llm.num_heads,
         num_key_value_heads=llm.num_kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=max_context,
         bos_token_id=ids[BOS],
         eos_token_id=ids[EOS],
         pad_token_id=ids[PAD],
@@ -181,7 +184,7 @@ def tiny_vlm_config(preset: str, vocab_size: int) -> LlavaConfig:
     )
 
 
-def _processor(tokenizer: Tokenizer) -> LlavaProcessor:
+def _processor(tokenizer: Tokenizer, max_context: int) -> LlavaProcessor:
     fast_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token=UNK,
@@ -189,7 +192,7 @@ def _processor(tokenizer: Tokenizer) -> LlavaProcessor:
         eos_token=EOS,
         pad_token=PAD,
         padding_side="left",  # generation appends on the right
-        model_max_length=512,
+        model_max_length=max_context,
     )
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
@@ -205,7 +208,9 @@ def _processor(tokenizer: Tokenizer) -> LlavaProcessor:
     )
 
 
-def build_tiny_vlm(out_dir: str | Path, *, seed: int = 0, preset: str = "tiny") -> Path:
+def build_tiny_vlm(
+    out_dir: str | Path, *, seed: int = 0, preset: str = "tiny", max_context: int = DEFAULT_MAX_CONTEXT
+) -> Path:
     """Write a seeded LLaVA-1.5-style VLM folder to `out_dir` and return its path.
 
     Loads with `AutoModelForImageTextToText` / `AutoProcessor` (`local_files_only=True`).
@@ -213,15 +218,15 @@ def build_tiny_vlm(out_dir: str | Path, *, seed: int = 0, preset: str = "tiny") 
     "bench-1gb" (10 layers, width 2048, bfloat16, ~1 GB, ~15 s on 2 cores, for memory
     benchmarks). Both share a byte-level BPE tokenizer of ~940 tokens (`<unk> <s> </s>
     <pad> <image>` are ids 0-4) and a 32 px CLIP vision tower giving 16 image tokens.
-    Same seed, byte-identical files.
+    `max_context` is the language model's context in tokens. Same seed, byte-identical files.
     """
     out_dir = Path(out_dir)
     tokenizer = train_byte_level_bpe()
-    config = tiny_vlm_config(preset, vocab_size=tokenizer.get_vocab_size())
+    config = tiny_vlm_config(preset, vocab_size=tokenizer.get_vocab_size(), max_context=max_context)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
     model.to(PRESETS[preset].dtype).save_pretrained(out_dir)
-    _processor(tokenizer).save_pretrained(out_dir)
+    _processor(tokenizer, max_context).save_pretrained(out_dir)
     logger.info("Built tiny VLM %r (seed %d) in %s", preset, seed, out_dir)
     return out_dir

@@ -8,24 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessor,
-    Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-)
+from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
 
+from harness.tiny_qwen import QWEN_FAMILIES, build_tiny_qwen
 from m2chat_core.encoder import ContextLengthError, EncodeError, encode, text_marker_embeddings
 from m2chat_core.prompt import build_prompt
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
-from m2chat_core.tiny.vlm import NUM_IMAGE_TOKENS, build_tiny_vlm, train_byte_level_bpe
+from m2chat_core.tiny.vlm import NUM_IMAGE_TOKENS, build_tiny_vlm
 from m2chat_core.vlm import (
     LoadedVLM,
     QuantizationUnavailableError,
@@ -118,6 +107,23 @@ def test_load_reports_the_llava_layout(vlm, llava_dir):
 def test_load_straight_into_the_chosen_dtype(llava_dir):
     loaded = load_vlm(llava_dir, dtype="bfloat16")
     assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.bfloat16}
+
+
+def test_float32_from_a_bfloat16_folder_equals_transformers_own_float32_load(tmp_path, llava_dir):
+    # load_vlm upcasts tensor by tensor from the mapped file (to bound peak memory); the
+    # result must be what transformers loads straight into float32, buffers included.
+    bf16_dir = tmp_path / "bf16"
+    load_vlm(llava_dir, dtype="bfloat16").model.save_pretrained(bf16_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        if (llava_dir / name).is_file():
+            (bf16_dir / name).write_bytes((llava_dir / name).read_bytes())
+    upcast = load_vlm(bf16_dir, dtype="float32").model
+    reference = AutoModelForImageTextToText.from_pretrained(bf16_dir, dtype=torch.float32)
+    ours = dict(upcast.named_parameters()) | dict(upcast.named_buffers())
+    theirs = dict(reference.named_parameters()) | dict(reference.named_buffers())
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
 
 
 def test_load_errors_name_the_problem(tmp_path, llava_dir):
@@ -409,62 +415,9 @@ def test_text_marker_embeddings_are_the_mean_embedding_of_the_marker_text(vlm):
 
 # --- Qwen2-VL and Qwen2.5-VL ------------------------------------------------------------------------
 
-_QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-_QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-_QWEN_FAMILIES = {  # family: (config, model, processor, vision config)
-    "qwen2-vl": (
-        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
-        dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=8, spatial_merge_size=2),
-    ),
-    "qwen2.5-vl": (
-        Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-        dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=64, num_heads=2, patch_size=8,
-             spatial_merge_size=2, window_size=16, fullatt_block_indexes=[1]),
-    ),
-}
-
-
-@pytest.fixture(scope="module", params=sorted(_QWEN_FAMILIES))
+@pytest.fixture(scope="module", params=sorted(QWEN_FAMILIES))
 def qwen(request, tmp_path_factory):
-    """A tiny Qwen2-VL / Qwen2.5-VL folder (M-RoPE, 8 px patches merged 2×2) loaded through load_vlm."""
-    config_class, model_class, processor_class, vision_config = _QWEN_FAMILIES[request.param]
-    folder = tmp_path_factory.mktemp(request.param)
-    tokenizer = train_byte_level_bpe()
-    tokenizer.add_special_tokens(_QWEN_TOKENS)
-    ids = {token: tokenizer.token_to_id(token) for token in _QWEN_TOKENS}
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>", model_max_length=512
-    )
-    image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, patch_size=8, merge_size=2, temporal_patch_size=2
-    )
-    processor_class(
-        image_processor=image_processor, tokenizer=fast, video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_QWEN_TEMPLATE,
-    ).save_pretrained(folder)
-    config = config_class(
-        text_config=dict(
-            vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=1, eos_token_id=ids["<|im_end|>"], pad_token_id=3,
-        ),
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model_class(config).save_pretrained(folder)
-    loaded = load_vlm(folder)
+    loaded = load_vlm(build_tiny_qwen(tmp_path_factory.mktemp(request.param), request.param))
     assert loaded.info.family == request.param
     return loaded
 
