@@ -13,11 +13,13 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig
 from .config_loading import apply_overrides, build_config, field_paths, parse_yaml, read_yaml
+from .faults import RunFault
 
 logger = logging.getLogger(__name__)
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NON_FINITE_LOSS = 3
+EXIT_RUN_FAULT = 4  # unreadable data or an output folder that cannot be written
 
 
 def _defaults(config_class: type) -> dict[str, Any]:
@@ -92,4 +94,7 @@ def run(config_class: type[TrainConfig], argv: Sequence[str]) -> int:
     except NonFiniteLossError as error:
         logger.error("%s", error)
         return EXIT_NON_FINITE_LOSS
+    except RunFault as error:
+        logger.error("%s", error)
+        return EXIT_RUN_FAULT
     return 0
