@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from m2chat_core.adapter import trainable_parameter_groups
 from m2chat_core.adapter_file import load_adapter_file, save_adapter_file
+from m2chat_core.m3ft_settings import VLM_GROUPS
 from m2chat_core.vlm import load_vlm
 
 from .adapter_init import adapter_from_file, mean_caption_targets, new_adapter, start_at_mean_target
@@ -49,7 +50,7 @@ from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
 from .sdxl import FrozenEncoders, load_sdxl
 from .validation import evaluate
-from .vlm_training import VLM_GROUPS, enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
+from .vlm_training import enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from m2chat_core.adapter_file import VLMDeltas
 from .config import LoraConfig
 
 
-VLM_GROUPS = ("projector", "llm_norms_biases", "llm_lora")
 PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger")  # LLaVA(-NeXT), Qwen2(.5)-VL
 LORA_ADAPTER_NAME = "default"
 _LORA_SUFFIX = re.compile(rf"\.(lora_[AB])\.{LORA_ADAPTER_NAME}\.weight$")
