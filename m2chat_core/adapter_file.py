@@ -122,7 +122,8 @@ class VLMDeltas:
             for key in ("r", "lora_alpha"):
                 value = config.get(key)
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                    raise ValueError(f"VLMDeltas of kind 'lora' need a positive {key!r} in their config, got {value!r}.")
+                    raise ValueError(
+                        f"VLMDeltas of kind 'lora' need a positive {key!r} in their config, got {value!r}.")
             for pair in self.lora_pairs():
                 if pair.down.shape[0] != config["r"] or pair.up.shape[1] != config["r"]:
                     raise ValueError(f"the LoRA pair of {pair.module} does not have rank r = {config['r']}.")

@@ -43,7 +43,9 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint)).upper()
 
 
-def build_parser(config_class: type, prog: str = "", config_help: str = "see train/configs/") -> argparse.ArgumentParser:
+def build_parser(
+    config_class: type, prog: str = "", config_help: str = "see train/configs/"
+) -> argparse.ArgumentParser:
     """`--config FILE` plus one `--section.field VALUE` flag per field of `config_class`
     (a stage config by default, or any config dataclass, e.g. the evaluation's)."""
     parser = argparse.ArgumentParser(

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m2chat_core.m3ft_settings import DEFAULT_GROUPS, GATE_MODES, TRAINABLE_GROUPS, AdapterArchitecture, AdapterConfigError
+from m2chat_core.m3ft_settings import (
+    DEFAULT_GROUPS,
+    GATE_MODES,
+    TRAINABLE_GROUPS,
+    AdapterArchitecture,
+    AdapterConfigError,
+)
 
 
 class ConfigError(ValueError):

@@ -31,7 +31,8 @@ def output_fault(folder: Path, error: BaseException, setting: str = "engine.outp
     if number == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(error) or _disk_is_full(folder):
         return OutputFault(f"no space left on {folder}: free space or point {setting} elsewhere.")
     if number in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return OutputFault(f"cannot write to {folder} ({error.strerror}): make it writable or point {setting} elsewhere.")
+        return OutputFault(
+            f"cannot write to {folder} ({error.strerror}): make it writable or point {setting} elsewhere.")
     return OutputFault(f"could not write to {folder} ({error}): check the folder, or point {setting} elsewhere.")
 
 

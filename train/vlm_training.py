@@ -135,7 +135,8 @@ def merge_vlm_deltas(model: nn.Module, deltas: VLMDeltas) -> None:
         if weight is None:
             raise VLMTrainingError(f"LoRA delta {pair.module} names no linear layer in this VLM.")
         with torch.no_grad():
-            update = deltas.lora_scale * pair.up.to(weight.device, torch.float32) @ pair.down.to(weight.device, torch.float32)
+            up, down = (matrix.to(weight.device, torch.float32) for matrix in (pair.up, pair.down))
+            update = deltas.lora_scale * up @ down
             weight += update.to(weight.dtype)
     for name, tensor in deltas.full_tensors().items():
         _copy_into(parameters, name, tensor)

@@ -195,7 +195,9 @@ def _check_folder(name: str, value: str, entries: tuple[str | tuple[str, ...], .
 
 def build_parser() -> argparse.ArgumentParser:
     """`--config FILE` and one `--section.field VALUE` flag per field of EvaluateConfig."""
-    return cli.build_parser(EvaluateConfig, prog="python -m train.evaluate", config_help="see train/configs/evaluate_*.yaml")
+    return cli.build_parser(
+        EvaluateConfig, prog="python -m train.evaluate", config_help="see train/configs/evaluate_*.yaml"
+    )
 
 
 def parse_command_line(argv: Sequence[str]) -> EvaluateConfig:
