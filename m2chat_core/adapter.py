@@ -13,7 +13,7 @@ conditioning, a (B, 77, 2048) context and a (B, 1280) pooled vector.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -23,103 +23,64 @@ from torch import nn
 
 from .conditioning import SDXL_CONTEXT_DIM, SDXL_CONTEXT_TOKENS, SDXL_POOLED_DIM
 from .encoding import VLMFeatures
-from .gate import LearnedGate, check_gate_mode, check_gate_value, compute_gate
+from .gate import LearnedGate, compute_gate
+from .m3ft_settings import (
+    GATE_GROUP,
+    TRAINABLE_GROUPS,
+    TRAINING_STAGES,
+    AdapterArchitecture,
+    AdapterConfigError,
+    check_gate_value,
+    is_positive_int,
+)
 from .special_tokens import SPECIAL_TOKENS
 
 ADAPTER_FORMAT_VERSION = 1  # bump when the config or the module's state dict changes meaning
-TRAINING_STAGES = (1, 2)
-
-
-class AdapterConfigError(ValueError):
-    """An M³Adapter config field has a wrong type or value."""
 
 
 class AdapterInputError(ValueError):
     """VLM features that do not fit the adapter's config."""
 
 
-def _require_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise AdapterConfigError(f"M3AdapterConfig.{name} must be a positive integer, got {value!r}.")
-
-
 @dataclass(frozen=True)
-class M3AdapterConfig:
-    """Everything needed to rebuild an M³Adapter; stored as JSON in the adapter file.
+class M3AdapterConfig(AdapterArchitecture):
+    """Everything needed to rebuild an M³Adapter (its architecture plus the VLM's sizes
+    and what the file records); stored as JSON in the adapter file."""
 
-    chosen_layers index the VLM's hidden states as the encoder reads them (negative
-    counts from the last). num_image_tokens is K, the <|img|> tokens the encoder appends.
-    """
-
-    vlm_hidden_size: int
-    vision_feature_size: int
-    chosen_layers: tuple[int, ...] = (-1, -8, -16)
-    num_image_tokens: int = 32
-    width: int = 1024
-    depth: int = 2
-    heads: int = 16
-    ffn_multiplier: int = 4
-    gate_mode: str = "paper"
+    vlm_hidden_size: int = field(kw_only=True)
+    vision_feature_size: int = field(kw_only=True)
     gate_value: float = 0.5  # used by `fixed` mode when the caller gives no value
     special_tokens: tuple[str, ...] = SPECIAL_TOKENS
     trained_on_vlm: str = ""  # name or description of the VLM the adapter was trained on
     format_version: int = ADAPTER_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        # Accept lists (e.g. from JSON) but store tuples so the config stays hashable.
-        object.__setattr__(self, "chosen_layers", tuple(self.chosen_layers))
+        super().__post_init__()
         object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
-        for name in (
-            "vlm_hidden_size",
-            "vision_feature_size",
-            "num_image_tokens",
-            "width",
-            "depth",
-            "heads",
-            "ffn_multiplier",
-        ):
-            _require_positive_int(name, getattr(self, name))
-        if not self.chosen_layers or any(
-            isinstance(layer, bool) or not isinstance(layer, int) for layer in self.chosen_layers
-        ):
-            raise AdapterConfigError(
-                f"M3AdapterConfig.chosen_layers must be a non-empty list of integer layer indices, "
-                f"got {list(self.chosen_layers)!r}."
-            )
-        if len(set(self.chosen_layers)) != len(self.chosen_layers):
-            raise AdapterConfigError(
-                f"M3AdapterConfig.chosen_layers lists a layer twice: {list(self.chosen_layers)!r}."
-            )
-        if self.width % self.heads:
-            raise AdapterConfigError(
-                f"M3AdapterConfig.width ({self.width}) must be divisible by heads ({self.heads})."
-            )
+        for name in ("vlm_hidden_size", "vision_feature_size"):
+            if not is_positive_int(getattr(self, name)):
+                self._refuse(name, f"must be a positive integer, got {getattr(self, name)!r}.")
         try:
-            check_gate_mode(self.gate_mode)
             check_gate_value(self.gate_value)
         except ValueError as error:
-            raise AdapterConfigError(f"M3AdapterConfig: {error}") from None
+            self._refuse("gate_value", str(error).removeprefix("gate_value "))
         if (
             not self.special_tokens
             or any(not isinstance(token, str) or not token for token in self.special_tokens)
             or len(set(self.special_tokens)) != len(self.special_tokens)
         ):
-            raise AdapterConfigError(
-                "M3AdapterConfig.special_tokens must be distinct non-empty strings, "
-                f"got {self.special_tokens!r}."
-            )
+            self._refuse("special_tokens", f"must be distinct non-empty strings, got {self.special_tokens!r}.")
         if not isinstance(self.trained_on_vlm, str):
-            raise AdapterConfigError(
-                f"M3AdapterConfig.trained_on_vlm must be a string, got {self.trained_on_vlm!r}."
-            )
+            self._refuse("trained_on_vlm", f"must be a string, got {self.trained_on_vlm!r}.")
         if (
             isinstance(self.format_version, bool)
             or not isinstance(self.format_version, int)
             or not 1 <= self.format_version <= ADAPTER_FORMAT_VERSION
         ):
-            raise AdapterConfigError(
-                f"M3AdapterConfig.format_version must be an integer from 1 to {ADAPTER_FORMAT_VERSION}, "
-                f"got {self.format_version!r}; a newer version needs a newer comfyui-m2chat."
+            self._refuse(
+                "format_version",
+                f"must be an integer from 1 to {ADAPTER_FORMAT_VERSION}, got {self.format_version!r}; "
+                "a newer version needs a newer comfyui-m2chat.",
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +93,7 @@ class M3AdapterConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> M3AdapterConfig:
         """Inverse of to_dict; every field must be present and no other key."""
-        names = {field.name for field in fields(cls)}
+        names = {item.name for item in fields(cls)}
         missing = sorted(names - set(values))
         unknown = sorted(set(values) - names)
         if missing or unknown:
@@ -368,21 +329,17 @@ class M3Adapter(nn.Module):
 
 
 def trainable_parameter_groups(adapter: M3Adapter, stage: int) -> dict[str, dict[str, nn.Parameter]]:
-    """The adapter's parameters M³FT trains in `stage`, by group, each {qualified name: parameter}.
-
-    Stage 1 (Eq. 6): "adapter" and "special_tokens". Stage 2 (Eq. 7) adds "gate", the
-    learned M³FT factor a, b. The VLM's own stage-2 parameters are chosen by the trainer.
-    """
+    """The adapter's parameters M³FT may train in `stage` (m3ft_settings.TRAINABLE_GROUPS),
+    by group, each {qualified name: parameter}: "adapter", "special_tokens" and, in stage 2,
+    "gate" (the learned M³FT factor a, b). The VLM's own groups are chosen by the trainer."""
     if stage not in TRAINING_STAGES:
         raise ValueError(f"stage must be one of {TRAINING_STAGES}, got {stage!r}.")
-    groups: dict[str, dict[str, nn.Parameter]] = {"adapter": {}, "special_tokens": {}, "gate": {}}
+    groups: dict[str, dict[str, nn.Parameter]] = {"adapter": {}, "special_tokens": {}, GATE_GROUP: {}}
     for name, parameter in adapter.named_parameters():
         if name == "special_token_embeddings":
             groups["special_tokens"][name] = parameter
         elif name.startswith("learned_gate."):
-            groups["gate"][name] = parameter
+            groups[GATE_GROUP][name] = parameter
         else:
             groups["adapter"][name] = parameter
-    if stage == 1:
-        del groups["gate"]
-    return groups
+    return {group: parameters for group, parameters in groups.items() if group in TRAINABLE_GROUPS[stage]}

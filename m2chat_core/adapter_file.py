@@ -87,12 +87,25 @@ class IncompatibleAdapterError(AdapterFileError):
     """The adapter does not fit the loaded VLM."""
 
 
+LORA_DOWN_SUFFIX, LORA_UP_SUFFIX = ".lora_A.weight", ".lora_B.weight"  # A (r, in) and B (out, r) of a layer
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One adapted linear layer `module`: its weight W becomes W + scale·B·A."""
+
+    module: str
+    down: torch.Tensor  # A, (r, in)
+    up: torch.Tensor  # B, (out, r)
+
+
 @dataclass(frozen=True)
 class VLMDeltas:
     """What stage 2 trained inside the VLM; tensor names are the VLM's own (no `vlm.` prefix).
 
-    kind: "lora" (LoRA weights; config holds the LoRA config, e.g. rank, alpha, target
-    modules) or "full" (the trained tensors' new values; config optional).
+    kind: "lora" (for each adapted layer `M`, `M.lora_A.weight` and `M.lora_B.weight`;
+    config holds {"r", "lora_alpha", "target_modules"}; any other tensor, e.g. the
+    projector, is a full value) or "full" (the trained tensors' new values; config optional).
     """
 
     kind: str
@@ -104,8 +117,44 @@ class VLMDeltas:
             raise ValueError(f"VLMDeltas.kind must be one of {VLM_DELTA_KINDS}, got {self.kind!r}.")
         if not self.tensors:
             raise ValueError("VLMDeltas.tensors is empty; pass vlm_deltas=None when stage 2 changed nothing.")
-        if self.kind == "lora" and not self.config:
-            raise ValueError("VLMDeltas of kind 'lora' need the LoRA config (rank, alpha, target modules).")
+        if self.kind == "lora":
+            config = self.config or {}
+            for key in ("r", "lora_alpha"):
+                value = config.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(
+                        f"VLMDeltas of kind 'lora' need a positive {key!r} in their config, got {value!r}.")
+            for pair in self.lora_pairs():
+                if pair.down.shape[0] != config["r"] or pair.up.shape[1] != config["r"]:
+                    raise ValueError(f"the LoRA pair of {pair.module} does not have rank r = {config['r']}.")
+
+    @property
+    def lora_scale(self) -> float:
+        """peft's scale lora_alpha / r (0 for "full" deltas)."""
+        return self.config["lora_alpha"] / self.config["r"] if self.kind == "lora" else 0.0
+
+    def lora_pairs(self) -> list[LoraPair]:
+        """Every LoRA-adapted layer with its A and B (none for "full" deltas)."""
+        if self.kind != "lora":
+            return []
+        pairs = []
+        for name, tensor in self.tensors.items():
+            if name.endswith(LORA_DOWN_SUFFIX):
+                module = name.removesuffix(LORA_DOWN_SUFFIX)
+                if module + LORA_UP_SUFFIX not in self.tensors:
+                    raise ValueError(f"the LoRA pair of {module} lacks {module + LORA_UP_SUFFIX}.")
+                pairs.append(LoraPair(module, tensor, self.tensors[module + LORA_UP_SUFFIX]))
+        paired = {pair.module + LORA_UP_SUFFIX for pair in pairs}
+        lone = [name for name in self.tensors if name.endswith(LORA_UP_SUFFIX) and name not in paired]
+        if lone:
+            raise ValueError(f"{lone[0]} has no {LORA_DOWN_SUFFIX.lstrip('.')} beside it.")
+        return pairs
+
+    def full_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that replace the VLM's own values (everything but LoRA pairs)."""
+        is_lora = self.kind == "lora"
+        return {name: tensor for name, tensor in self.tensors.items()
+                if not (is_lora and name.endswith((LORA_DOWN_SUFFIX, LORA_UP_SUFFIX)))}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ B > 1 means one panel per latent in the batch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -95,3 +96,13 @@ def zero_negative(positive: Conditioning) -> Conditioning:
     pooled = options["pooled_output"]
     check_conditioning_tensors(context, pooled)
     return [[torch.zeros_like(context), {**options, "pooled_output": torch.zeros_like(pooled)}]]
+
+
+def batch_token_sequences(conds: list[torch.Tensor]) -> torch.Tensor:
+    """Stack (1, N_i, D) token sequences of different lengths N_i into one (B, L, D) batch,
+    L the least common multiple of the N_i, by repeating each sequence L / N_i times, as
+    ComfyUI's CONDCrossAttn does: attention over a sequence repeated k times equals
+    attention over the sequence, so each panel reads exactly its own caption. Zero tokens
+    would take attention weight and change the shorter captions' panels."""
+    common = math.lcm(*(cond.shape[1] for cond in conds))
+    return torch.cat([cond.repeat(1, common // cond.shape[1], 1) for cond in conds])

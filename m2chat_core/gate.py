@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATE_MODES = ("paper", "learned", "fixed")
+from .m3ft_settings import check_gate_mode, check_gate_value
 
 # Initial M³FT factor: sigmoid(4·cos - 2) spans about [0.12, 0.88] over cos in [0, 1],
 # close to the paper's clamped cosine, so an adapter trained in stage 1 behaves alike.
@@ -39,17 +39,6 @@ class LearnedGate(nn.Module):
     def forward(self, answer_embedding: torch.Tensor, caption_embedding: torch.Tensor) -> torch.Tensor:
         cosine = answer_caption_cosine(answer_embedding, caption_embedding)
         return torch.sigmoid(self.scale.float() * cosine + self.shift.float())
-
-
-def check_gate_mode(gate_mode: str) -> None:
-    if gate_mode not in GATE_MODES:
-        raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}.")
-
-
-def check_gate_value(gate_value: float) -> None:
-    is_number = isinstance(gate_value, (int, float)) and not isinstance(gate_value, bool)
-    if not is_number or not 0.0 <= gate_value <= 1.0:
-        raise ValueError(f"gate_value must be a number in [0, 1], got {gate_value!r}.")
 
 
 def compute_gate(

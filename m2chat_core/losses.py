@@ -46,10 +46,11 @@ def alignment_loss(
     return pooled_term + per_token.mean()
 
 
-def diffusion_loss(predicted_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Eq. 5: L_ddpm = E‖ε − ε_θ(x_t, t, h_align, h_palign)‖², the UNet's ε-prediction MSE."""
-    _check_same_shape("diffusion_loss", predicted_noise, noise)
-    return F.mse_loss(predicted_noise.float(), noise.float())
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: L_ddpm = E‖ε − ε_θ(x_t, t, h_align, h_palign)‖², the UNet's prediction MSE
+    (the target is ε, or v for a v-prediction UNet: train/objective.py's unet_target)."""
+    _check_same_shape("diffusion_loss", prediction, target)
+    return F.mse_loss(prediction.float(), target.float())
 
 
 def text_loss(

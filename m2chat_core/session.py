@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .prompt import get_task
+from .tasks import get_task
 
 SESSION_FORMAT = "m2chat-session"
 SESSION_VERSION = 1

@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-from .turn import GATE_MODES
+from ..m2chat_core.m3ft_settings import FILE_GATE_MODE, GATE_MODE_CHOICES
 from .types import AdapterType, SessionType, VLMType
 
 MAX_SIZE = 16384
@@ -49,7 +49,7 @@ def model_inputs() -> list:
 
 def gate_inputs() -> list:
     return [
-        io.Combo.Input("gate_mode", options=list(GATE_MODES), default="adapter",
+        io.Combo.Input("gate_mode", options=list(GATE_MODE_CHOICES), default=FILE_GATE_MODE,
                        tooltip="How image features and VLM features mix (Eq. 3): the "
                                "adapter's own mode, paper (cosine), learned, or fixed."),
         io.Float.Input("gate_value", default=0.5, min=0.0, max=1.0, step=0.05,

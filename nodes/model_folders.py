@@ -77,7 +77,11 @@ def resolve_vlm_folder(name: str) -> Path:
 
 
 def resolve_adapter_file(name: str) -> Path:
-    return resolve(ADAPTER_FOLDER, name, what="Adapter file",
+    path = resolve(ADAPTER_FOLDER, name, what="Adapter file",
                    fix="Put the M³Adapter .safetensors file in ComfyUI/models/m2chat/ "
                        "(train/ exports there), or add an m2chat path in "
                        "extra_model_paths.yaml, then refresh the node list.")
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is a folder, not an adapter file: pick a .safetensors file, "
+                                 "or rename the folder so that its name does not end in .safetensors.")
+    return path

@@ -12,7 +12,7 @@ import comfy.utils
 
 from ..m2chat_core.adapter import M3AdapterOutput
 from ..m2chat_core.adapter_file import check_compatible
-from ..m2chat_core.conditioning import sdxl_conditioning, zero_negative
+from ..m2chat_core.conditioning import batch_token_sequences, sdxl_conditioning, zero_negative
 from ..m2chat_core.encoder import EncodeResult, encode, text_marker_embeddings
 from ..m2chat_core.session import ChatSession
 from .managed import load_for_use
@@ -117,12 +117,7 @@ def clip_conditioning(clip, texts: list[str], size: SizeConditioning) -> tuple[l
         cond, = clip.encode_from_tokens_scheduled(clip.tokenize(text), add_dict=add)
         return cond
 
-    encoded = [encode_text(text) for text in texts]
-    lengths = {cond[0].shape[1] for cond in encoded}
-    if len(lengths) > 1:  # long captions take several 77-token chunks; pad to the longest
-        longest = max(lengths)
-        encoded = [[torch.nn.functional.pad(cond[0], (0, 0, 0, longest - cond[0].shape[1])), cond[1]]
-                   for cond in encoded]
-    positive = [[torch.cat([cond[0] for cond in encoded]),
+    encoded = [encode_text(text) for text in texts]  # long captions take several 77-token chunks
+    positive = [[batch_token_sequences([cond[0] for cond in encoded]),
                  {**encoded[0][1], "pooled_output": torch.cat([c[1]["pooled_output"] for c in encoded])}]]
     return positive, [encode_text("")]  # batch 1: ComfyUI repeats it over the latent batch

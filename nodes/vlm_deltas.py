@@ -10,22 +10,18 @@ from ..m2chat_core.adapter_file import VLMDeltas
 from .types import M2ChatVLM
 
 MODULE_PREFIX = "module."  # ManagedModule holds the VLM as `module`
-LORA_DOWN, LORA_UP = ".lora_A.weight", ".lora_B.weight"
 
 
 def delta_patches(deltas: VLMDeltas) -> dict[str, object]:
-    """ModelPatcher patches: LoRA pairs (`<module>.lora_A/B.weight`) become LoRA patches on
-    `<module>.weight` with scale alpha / rank, as peft computes it; every other tensor (all
-    of a "full" delta, the projector beside a LoRA) replaces the VLM's tensor ("set")."""
-    alpha = float(deltas.config.get("lora_alpha", deltas.config.get("r", 1))) if deltas.config else 1.0
-    patches = {}
-    for name, tensor in deltas.tensors.items():
-        if name.endswith(LORA_DOWN):
-            module = name[: -len(LORA_DOWN)]
-            up = deltas.tensors[module + LORA_UP]
-            patches[f"{MODULE_PREFIX}{module}.weight"] = LoRAAdapter(set(), (up, tensor, alpha, None, None, None))
-        elif not name.endswith(LORA_UP):
-            patches[MODULE_PREFIX + name] = ("set", (tensor,))
+    """ModelPatcher patches: each LoRA pair becomes a LoRA patch on `<module>.weight`,
+    W + scale·B·A with the file's scale (VLMDeltas.lora_scale; ComfyUI divides the alpha it
+    is given by the rank); every other tensor replaces the VLM's tensor ("set")."""
+    patches: dict[str, object] = {
+        f"{MODULE_PREFIX}{pair.module}.weight": LoRAAdapter(
+            set(), (pair.up, pair.down, deltas.lora_scale * pair.down.shape[0], None, None, None))
+        for pair in deltas.lora_pairs()
+    }
+    patches.update({MODULE_PREFIX + name: ("set", (tensor,)) for name, tensor in deltas.full_tensors().items()})
     return patches
 
 

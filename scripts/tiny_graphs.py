@@ -5,6 +5,9 @@ from pathlib import Path
 from PIL import Image
 
 TINY_UNET = "m2chat-tiny-sdxl.safetensors"
+# The pack's node IDs as DESIGN.md lists them (permanent once released); the tests check
+# that ComfyUI and its frontend register exactly these.
+PACK_NODE_IDS = frozenset({"M2ChatVLMLoader", "M2ChatAdapterLoader", "M2ChatEncode", "M2ChatStory", "M2ChatStoryboard"})
 
 
 def native_sdxl_graph(positive: list, negative: list, *, width: int = 64, height: int = 64,

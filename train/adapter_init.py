@@ -11,6 +11,7 @@ import torch
 from m2chat_core.adapter import M3Adapter, M3AdapterConfig
 from m2chat_core.adapter_file import check_compatible, load_adapter_file
 from m2chat_core.encoder import text_marker_embeddings
+from m2chat_core.m3ft_settings import AdapterArchitecture
 from m2chat_core.vlm import LoadedVLM
 
 from .config import AdapterConfig, ConfigError
@@ -29,18 +30,9 @@ def new_adapter(settings: AdapterConfig, vlm: LoadedVLM) -> M3Adapter:
             f"adapter.chosen_layers {bad_layers} are not hidden-state indices of {info.name}, which has "
             f"{info.num_layers} layers (valid: {-(info.num_layers + 1)} to {info.num_layers})."
         )
-    config = M3AdapterConfig(
-        vlm_hidden_size=info.hidden_size,
-        vision_feature_size=info.vision_feature_size,
-        chosen_layers=settings.chosen_layers,
-        num_image_tokens=settings.num_image_tokens,
-        width=settings.width,
-        depth=settings.depth,
-        heads=settings.heads,
-        ffn_multiplier=settings.ffn_multiplier,
-        gate_mode=settings.gate_mode,
-        trained_on_vlm=info.name,
-    )
+    architecture = {item.name: getattr(settings, item.name) for item in dataclasses.fields(AdapterArchitecture)}
+    config = M3AdapterConfig(**architecture, vlm_hidden_size=info.hidden_size,
+                             vision_feature_size=info.vision_feature_size, trained_on_vlm=info.name)
     adapter = M3Adapter(config).to(vlm.device)
     with torch.no_grad():
         adapter.special_token_embeddings.copy_(text_marker_embeddings(vlm).float())

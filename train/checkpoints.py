@@ -4,7 +4,9 @@ A checkpoint holds accelerate's state (optimizer, LR scheduler, RNG states, samp
 the trained weights as an adapter file (adapter + VLM deltas, the same format as the
 export), `trainer_state.json` and the run's `config.yaml`. It is written into a hidden
 staging folder and renamed into place when complete, so a killed run never leaves a
-half-written `checkpoint-*`; leftover staging folders are removed on the next start.
+half-written `checkpoint-*`; leftover staging folders are removed on the next start. A
+save that fails (a full disk, a read-only folder) removes its staging folder and raises
+OutputFault saying what to do.
 Rotation keeps the newest `engine.checkpoint_total_limit` (accelerate's own rotation
 only works with its in-place automatic naming, which cannot be atomic).
 """
@@ -21,6 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
+from safetensors import SafetensorError
+
+from .faults import output_fault
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +92,25 @@ def save_checkpoint(
     checkpoint-<step>, atomically; every process must call this."""
     final = folder / f"checkpoint-{state.global_step}"
     staging = folder / f"{_STAGING_PREFIX}checkpoint-{state.global_step}"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            write_files(staging)
+            (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
+            _fsync_tree(staging)
+            if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            _fsync_directory(folder)
+    except (OSError, RuntimeError, SafetensorError) as error:  # torch.save: RuntimeError; safetensors: its own
+        fault = output_fault(folder, error)  # judged before the staging folder frees its space
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
+        raise fault from error
     if accelerator.is_main_process:
-        write_files(staging)
-        (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
-        _fsync_tree(staging)
-        if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _fsync_directory(folder)
         for old in list_checkpoints(folder)[:-total_limit]:
             shutil.rmtree(old)
         logger.info("Saved checkpoint %s", final)

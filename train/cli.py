@@ -9,15 +9,19 @@ import logging
 import sys
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import ConfigError, TrainConfig
 from .config_loading import apply_overrides, build_config, field_paths, parse_yaml, read_yaml
+from .faults import RunFault
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 EXIT_CONFIG_ERROR = 2
 EXIT_NON_FINITE_LOSS = 3
+EXIT_RUN_FAULT = 4  # unreadable data or an output folder that cannot be written
 
 
 def _defaults(config_class: type) -> dict[str, Any]:
@@ -39,14 +43,18 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint)).upper()
 
 
-def build_parser(config_class: type[TrainConfig]) -> argparse.ArgumentParser:
+def build_parser(
+    config_class: type, prog: str = "", config_help: str = "see train/configs/"
+) -> argparse.ArgumentParser:
+    """`--config FILE` plus one `--section.field VALUE` flag per field of `config_class`
+    (a stage config by default, or any config dataclass, e.g. the evaluation's)."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m train.stage{config_class.stage}",
+        prog=prog or f"python -m train.stage{config_class.stage}",
         description=(config_class.__doc__ or "").strip()
         + " Values: YAML defaults < --config file < command-line flags.",
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", help="YAML file with the run's settings (see train/configs/).")
+    parser.add_argument("--config", help=f"YAML file with the run's settings ({config_help}).")
     defaults = _defaults(config_class)
     for path, hint in field_paths(config_class).items():
         flags = [f"--{path}"]
@@ -63,9 +71,10 @@ def _override_value(text: str) -> Any:
     return parse_yaml(text) if text.lstrip().startswith("[") else text
 
 
-def parse_command_line(config_class: type[TrainConfig], argv: Sequence[str]) -> TrainConfig:
-    """The validated config of a command line; raises ConfigError naming the bad field."""
-    arguments = vars(build_parser(config_class).parse_args(list(argv)))
+def parse_command_line(config_class: type[T], argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> T:
+    """The validated config of a command line (parsed by `parser`, default build_parser's);
+    raises ConfigError naming the bad field."""
+    arguments = vars((parser or build_parser(config_class)).parse_args(list(argv)))
     config_file = arguments.pop("config", None)
     values = read_yaml(config_file) if config_file else {}
     overrides = {path: _override_value(text) for path, text in arguments.items()}
@@ -92,4 +101,10 @@ def run(config_class: type[TrainConfig], argv: Sequence[str]) -> int:
     except NonFiniteLossError as error:
         logger.error("%s", error)
         return EXIT_NON_FINITE_LOSS
+    except RunFault as error:
+        logger.error("%s", error)
+        return EXIT_RUN_FAULT
+    except ConfigError as error:  # a setting that only the loaded models can check
+        logger.error("Invalid config: %s", error)
+        return EXIT_CONFIG_ERROR
     return 0

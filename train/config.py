@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2chat_core.m3ft_settings import (
+    DEFAULT_GROUPS,
+    GATE_MODES,
+    TRAINABLE_GROUPS,
+    AdapterArchitecture,
+    AdapterConfigError,
+)
 
 
 class ConfigError(ValueError):
@@ -29,15 +36,12 @@ class FieldError(ConfigError):
         self.name, self.message = name, message
 
 
-STAGE1_GROUPS = ("adapter", "special_tokens")
-STAGE2_GROUPS = ("adapter", "special_tokens", "gate", "projector", "llm_norms_biases", "llm_lora")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 WEIGHT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
 CROPS = ("center", "random")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 REPORTERS = ("tensorboard", "none")
-GATE_MODES = ("paper", "learned", "fixed")  # as m2chat_core.gate.GATE_MODES (not imported: no torch here)
 
 
 def require_positive(name: str, value: float) -> None:
@@ -97,30 +101,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
-    """M³Adapter architecture (m2chat_core.adapter.M3AdapterConfig); stage 2 reads it from --init-from."""
+class AdapterConfig(AdapterArchitecture):
+    """M³Adapter architecture (m2chat_core.m3ft_settings, checked there); stage 2 reads it from --init-from."""
 
-    chosen_layers: tuple[int, ...] = (-1, -8, -16)
-    num_image_tokens: int = 32
-    width: int = 1024
-    depth: int = 2
-    heads: int = 16
-    ffn_multiplier: int = 4
-    gate_mode: str = "paper"
     # Start the output heads at the mean CLIP target of this many training samples (zero
     # weights, mean bias): training begins at the predict-the-mean baseline instead of at
     # random conditioning. 0 keeps the random initialisation.
     mean_init_samples: int = 256
 
     def __post_init__(self) -> None:
-        if not self.chosen_layers:
-            raise FieldError("chosen_layers", "must list at least one VLM layer.")
-        for name in ("num_image_tokens", "width", "depth", "heads", "ffn_multiplier"):
-            require_positive(name, getattr(self, name))
+        try:
+            super().__post_init__()
+        except AdapterConfigError as error:
+            raise FieldError(error.field, error.reason) from None
         require_non_negative("mean_init_samples", self.mean_init_samples)
-        if self.width % self.heads:
-            raise FieldError("width", f"({self.width}) must be divisible by heads ({self.heads}).")
-        require_one_of("gate_mode", self.gate_mode, GATE_MODES)
 
 
 @dataclass(frozen=True)
@@ -268,10 +262,10 @@ class Stage1Config(TrainConfig):
     """Stage 1 (Eq. 6): adapter + special-token embeddings on image-text pairs."""
 
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    groups: tuple[str, ...] = STAGE1_GROUPS
+    groups: tuple[str, ...] = DEFAULT_GROUPS[1]
 
     stage: typing.ClassVar[int] = 1
-    allowed_groups: typing.ClassVar[tuple[str, ...]] = STAGE1_GROUPS
+    allowed_groups: typing.ClassVar[tuple[str, ...]] = TRAINABLE_GROUPS[1]
     data_suffix: typing.ClassVar[str] = ".tar"
 
 
@@ -283,10 +277,10 @@ class Stage2Config(TrainConfig):
     init_from: str = ""  # the stage-1 adapter file
     gate_mode: str = "learned"
     lora: LoraConfig = field(default_factory=LoraConfig)
-    groups: tuple[str, ...] = ("adapter", "special_tokens", "gate", "projector", "llm_norms_biases")
+    groups: tuple[str, ...] = DEFAULT_GROUPS[2]
 
     stage: typing.ClassVar[int] = 2
-    allowed_groups: typing.ClassVar[tuple[str, ...]] = STAGE2_GROUPS
+    allowed_groups: typing.ClassVar[tuple[str, ...]] = TRAINABLE_GROUPS[2]
     data_suffix: typing.ClassVar[str] = ".jsonl"
 
     def __post_init__(self) -> None:

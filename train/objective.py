@@ -14,6 +14,7 @@ from m2chat_core.losses import alignment_loss, diffusion_loss, stage1_loss, stag
 from m2chat_core.teacher_forcing import TeacherForcingBatch, teacher_force
 from m2chat_core.vlm import LoadedVLM
 
+from .config import ConfigError
 from .data.batches import TrainingBatch
 from .sdxl import FrozenEncoders
 
@@ -61,6 +62,27 @@ def diffusion_targets(
     )
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the frozen UNet predicts, from its scheduler
+
+
+def check_prediction_type(noise_scheduler: DDPMScheduler) -> None:
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(
+            f"the SDXL scheduler's prediction_type is {prediction_type!r}; M³FT trains through a UNet that "
+            f"predicts one of {list(PREDICTION_TYPES)}: use such an SDXL (its scheduler/scheduler_config.json)."
+        )
+
+
+def unet_target(noise_scheduler: DDPMScheduler, targets: DiffusionTargets) -> torch.Tensor:
+    """What the UNet must predict (diffusers' convention): ε itself for an ε-prediction
+    model (Eq. 5 as written), v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 for a v-prediction fine-tune."""
+    check_prediction_type(noise_scheduler)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(targets.latents, targets.noise, targets.timesteps)
+    return targets.noise
+
+
 class M3FTModel(nn.Module):
     """Everything a step runs, as one module so that accelerate/DDP see every trainable
     parameter (the adapter's and, in stage 2, the VLM's). Returns a dict of scalars:
@@ -84,6 +106,7 @@ class M3FTModel(nn.Module):
         self.vlm_model = vlm.model  # registered: stage 2 trains parts of it
         self.unet = unet
         self.vlm = vlm
+        check_prediction_type(noise_scheduler)  # refused before the first step
         self.noise_scheduler = noise_scheduler
         self.stage, self.phi, self.lambda_text = stage, phi, lambda_text
 
@@ -105,13 +128,13 @@ class M3FTModel(nn.Module):
 
         noisy_latents = self.noise_scheduler.add_noise(targets.latents, targets.noise, targets.timesteps)
         unet_dtype = self.unet.dtype
-        predicted_noise = self.unet(  # Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)
+        prediction = self.unet(  # Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)
             noisy_latents.to(unet_dtype),
             targets.timesteps,
             encoder_hidden_states=adapted.context.to(unet_dtype),
             added_cond_kwargs={"text_embeds": adapted.pooled.to(unet_dtype), "time_ids": targets.time_ids.to(unet_dtype)},
         ).sample
-        ddpm = diffusion_loss(predicted_noise, targets.noise)  # Eq. 5
+        ddpm = diffusion_loss(prediction, unet_target(self.noise_scheduler, targets))  # Eq. 5
 
         if self.stage == 1:
             losses = stage1_loss(ddpm, align, self.phi)  # Eq. 6

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from m2chat_core.adapter import trainable_parameter_groups
 from m2chat_core.adapter_file import load_adapter_file, save_adapter_file
+from m2chat_core.m3ft_settings import VLM_GROUPS
 from m2chat_core.vlm import load_vlm
 
 from .adapter_init import adapter_from_file, mean_caption_targets, new_adapter, start_at_mean_target
@@ -44,11 +45,12 @@ from .checkpoints import (
 )
 from .config import Stage1Config, TrainConfig
 from .data.batches import TrainingBatch
+from .faults import output_fault
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
 from .sdxl import FrozenEncoders, load_sdxl
 from .validation import evaluate
-from .vlm_training import VLM_GROUPS, enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
+from .vlm_training import enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +121,12 @@ class Trainer:
         set_seed(engine.seed)
         self.checkpoints = checkpoints_folder(self.output_dir)
         if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            remove_staging_leftovers(self.checkpoints)
-            (self.output_dir / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                remove_staging_leftovers(self.checkpoints)
+                (self.output_dir / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            except OSError as error:
+                raise output_fault(self.output_dir, error) from error
 
     def load_models(self) -> None:
         model = self.config.model
@@ -408,8 +413,11 @@ class Trainer:
         self.save_checkpoint()
         export_path = Path(self.config.engine.export_path or self.output_dir / DEFAULT_EXPORT_NAME)
         if self.accelerator.is_main_process:
-            export_path.parent.mkdir(parents=True, exist_ok=True)
-            self.write_adapter(export_path)
+            try:
+                export_path.parent.mkdir(parents=True, exist_ok=True)
+                self.write_adapter(export_path)
+            except OSError as error:
+                raise output_fault(export_path.parent, error, "engine.export_path") from error
             logger.info("Exported the stage-%d adapter to %s", self.stage, export_path)
         skipped = Counter()
         for counts in gather_object([dict(self.skipped)]):

@@ -7,9 +7,9 @@ injected with peft). Trained parameters are kept in float32.
 Delta format in the adapter file (m2chat_core.adapter_file.VLMDeltas), names are the
 VLM's own parameter names:
 - kind "full": the trained tensors' new values (projector, norms, biases);
-- kind "lora": for each adapted linear layer `M`, `M.lora_A.weight` (r, in) and
-  `M.lora_B.weight` (out, r), merged as W += (lora_alpha / r)·B·A; config holds
-  {"r", "lora_alpha", "target_modules"}; any other tensor (the projector) is a full value.
+- kind "lora": LoRA pairs as m2chat_core.adapter_file.VLMDeltas defines them (peft's
+  `M.lora_A.default.weight` saved as `M.lora_A.weight`), merged as W += (lora_alpha / r)·B·A;
+  any other tensor (the projector) is a full value.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from m2chat_core.adapter_file import VLMDeltas
 from .config import LoraConfig
 
 
-VLM_GROUPS = ("projector", "llm_norms_biases", "llm_lora")
 PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger")  # LLaVA(-NeXT), Qwen2(.5)-VL
 LORA_ADAPTER_NAME = "default"
 _LORA_SUFFIX = re.compile(rf"\.(lora_[AB])\.{LORA_ADAPTER_NAME}\.weight$")
@@ -120,30 +119,27 @@ def load_vlm_deltas(model: nn.Module, deltas: VLMDeltas) -> None:
     """Copy trained values into a model prepared by `enable_vlm_groups` with the same
     groups (LoRA layers injected): resuming, or continuing from a stage-2 file."""
     parameters = dict(model.named_parameters())
-    for name, tensor in deltas.tensors.items():
-        target_name = re.sub(r"\.(lora_[AB])\.weight$", rf".\1.{LORA_ADAPTER_NAME}.weight", name)
-        _copy_into(parameters, target_name, tensor)
+    for pair in deltas.lora_pairs():
+        for matrix, tensor in (("lora_A", pair.down), ("lora_B", pair.up)):
+            _copy_into(parameters, f"{pair.module}.{matrix}.{LORA_ADAPTER_NAME}.weight", tensor)
+    for name, tensor in deltas.full_tensors().items():
+        _copy_into(parameters, name, tensor)
 
 
 def merge_vlm_deltas(model: nn.Module, deltas: VLMDeltas) -> None:
     """Apply deltas to a stock VLM for inference: full values replace the weights, LoRA
-    pairs are merged into their linear layers."""
+    pairs are merged into their linear layers, W += scale·B·A."""
     parameters = dict(model.named_parameters())
-    scale = deltas.config["lora_alpha"] / deltas.config["r"] if deltas.kind == "lora" else 0.0
-    for name, tensor in deltas.tensors.items():
-        if name.endswith(".lora_B.weight"):
-            continue
-        if name.endswith(".lora_A.weight"):
-            module = name.removesuffix(".lora_A.weight")
-            lora_b = deltas.tensors[f"{module}.lora_B.weight"]
-            weight = parameters.get(f"{module}.weight")
-            if weight is None:
-                raise VLMTrainingError(f"LoRA delta {name} names no linear layer {module} in this VLM.")
-            with torch.no_grad():
-                update = scale * lora_b.to(weight.device, torch.float32) @ tensor.to(weight.device, torch.float32)
-                weight += update.to(weight.dtype)
-        else:
-            _copy_into(parameters, name, tensor)
+    for pair in deltas.lora_pairs():
+        weight = parameters.get(f"{pair.module}.weight")
+        if weight is None:
+            raise VLMTrainingError(f"LoRA delta {pair.module} names no linear layer in this VLM.")
+        with torch.no_grad():
+            up, down = (matrix.to(weight.device, torch.float32) for matrix in (pair.up, pair.down))
+            update = deltas.lora_scale * up @ down
+            weight += update.to(weight.dtype)
+    for name, tensor in deltas.full_tensors().items():
+        _copy_into(parameters, name, tensor)
 
 
 def _copy_into(parameters: Mapping[str, nn.Parameter], name: str, tensor: torch.Tensor) -> None:

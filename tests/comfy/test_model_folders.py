@@ -40,3 +40,14 @@ def test_models_from_extra_paths_load(comfy, extra_paths):
     vlm = comfy.node_class("M2ChatVLMLoader").execute("org/extra-vlm", "float32", "none", False)[0]
     adapter = comfy.node_class("M2ChatAdapterLoader").execute("extra-adapter.safetensors")[0]
     assert vlm.loaded.info.hidden_size == adapter.file.config.vlm_hidden_size
+
+
+def test_folder_named_like_an_adapter_file_is_not_listed_and_refused_clearly(comfy):
+    folder = comfy.models_dir / "m2chat" / "not-a-file.safetensors"
+    folder.mkdir()
+    try:
+        assert "not-a-file.safetensors" not in _options(comfy, "M2ChatAdapterLoader", "adapter_name")
+        with pytest.raises(FileNotFoundError, match="is a folder, not an adapter file: pick a .safetensors file"):
+            comfy.node_class("M2ChatAdapterLoader").execute("not-a-file.safetensors")
+    finally:
+        folder.rmdir()

@@ -30,8 +30,10 @@ def test_encode_conditioning_has_the_contract_shapes_and_size_keys(comfy):
     encode = comfy.node_class("M2ChatEncode")
     vlm = comfy.node_class("M2ChatVLMLoader").execute("m2chat-tiny-llava", "float32", "none", False)[0]
     adapter = comfy.node_class("M2ChatAdapterLoader").execute("m2chat-tiny-adapter.safetensors")[0]
-    result = encode.execute(vlm, "a castle at dusk", "text_to_image", "always", "adapter", 0.5,
-                            96, 64, 192, 128, 0, 5, 0.0, 1.0, adapter=adapter)
+    result = encode.execute(vlm=vlm, prompt="a castle at dusk", task="text_to_image", draw_mode="always",
+                            gate_mode="adapter", gate_value=0.5, width=96, height=64, target_width=192,
+                            target_height=128, seed=0, max_new_tokens=5, temperature=0.0, top_p=1.0,
+                            adapter=adapter)
     positive, negative, answer, caption, session, gate = result.args
     (cond, extras), = positive
     assert cond.shape == (1, 77, 2048) and extras["pooled_output"].shape == (1, 1280)
@@ -130,8 +132,9 @@ def test_cancel_stops_generation_within_a_token(comfy):
     try:
         with pytest.raises(model_management.InterruptProcessingException):
             comfy.node_class("M2ChatEncode").execute(
-                vlm, "a long tale", "storytelling", "always", "adapter", 0.5, 64, 64, 64, 64,
-                0, 50, 0.0, 1.0, adapter=adapter)
+                vlm=vlm, prompt="a long tale", task="storytelling", draw_mode="always", gate_mode="adapter",
+                gate_value=0.5, width=64, height=64, target_width=64, target_height=64, seed=0,
+                max_new_tokens=50, temperature=0.0, top_p=1.0, adapter=adapter)
     finally:
         model_management.interrupt_current_processing(False)
         hook.remove()
@@ -147,6 +150,20 @@ def test_story_without_an_adapter_batches_each_caption_through_the_clip(comfy):
     (cond, extras), = story_outputs[0][0]
     assert cond.shape[0] == 2 and cond.shape[2] == 2048 and extras["pooled_output"].shape == (2, 1280)
     clip = comfy.node_outputs("clip")[0][0]
-    second_caption = story_outputs[3][0].splitlines()[1]
-    expected, = clip.encode_from_tokens_scheduled(clip.tokenize(second_caption))
-    assert torch.equal(cond[1:2, : expected[0].shape[1]], expected[0])
+    for panel, caption in enumerate(story_outputs[3][0].splitlines()):
+        expected, = clip.encode_from_tokens_scheduled(clip.tokenize(caption))
+        repeats, left = divmod(cond.shape[1], expected[0].shape[1])  # CONDCrossAttn's batching
+        assert left == 0 and torch.equal(cond[panel : panel + 1], expected[0].repeat(1, repeats, 1))  # every token
+
+
+def test_clip_fallback_batches_a_short_and_a_long_caption_without_changing_the_short_one(comfy):
+    import sys
+
+    turn = sys.modules[comfy.node_class("M2ChatStory").__module__.rsplit(".", 1)[0] + ".turn"]
+    clip, = comfy.node_class("TinySDXLCLIPLoader")().load(seed=0)
+    short, long = "a red kite", " ".join(["a long winding caption about a red kite over the sea"] * 12)
+    (cond, _), = turn.clip_conditioning(clip, [short, long], turn.SizeConditioning(64, 64, 64, 64))[0]
+    alone = [clip.encode_from_tokens_scheduled(clip.tokenize(text))[0][0] for text in (short, long)]
+    assert alone[1].shape[1] > alone[0].shape[1]  # the long caption takes several 77-token chunks
+    repeats = cond.shape[1] // alone[0].shape[1]
+    assert torch.equal(cond[:1], alone[0].repeat(1, repeats, 1)) and torch.equal(cond[1:], alone[1])

@@ -37,8 +37,9 @@ def delta_adapters(comfy):
 def _positive(comfy, vlm, adapter_name):
     adapter = comfy.node_class("M2ChatAdapterLoader").execute(adapter_name)[0]
     result = comfy.node_class("M2ChatEncode").execute(
-        vlm, "a red kite", "text_to_image", "always", "adapter", 0.5, 64, 64, 64, 64, 0, 4, 0.0, 1.0,
-        adapter=adapter)
+        vlm=vlm, prompt="a red kite", task="text_to_image", draw_mode="always", gate_mode="adapter", gate_value=0.5,
+        width=64, height=64, target_width=64, target_height=64, seed=0, max_new_tokens=4, temperature=0.0,
+        top_p=1.0, adapter=adapter)
     return result.args[0][0][0]
 
 
@@ -60,3 +61,34 @@ def test_deltas_for_another_architecture_are_refused(comfy, delta_adapters):
     vlm = comfy.node_class("M2ChatVLMLoader").execute(TINY_VLM, "float32", "none", False)[0]
     with pytest.raises(ValueError, match="trained on another VLM architecture"):
         _positive(comfy, vlm, "foreign-delta.safetensors")
+
+
+def test_node_patches_lora_with_the_exact_scale_and_matches_the_training_merge(comfy, delta_adapters):
+    """The node (ComfyUI LoRA patches) and training's merge (train.vlm_training) apply the same
+    file to the same weights: W + (lora_alpha / r)·B·A with lora_alpha / r = 4 / 2."""
+    import sys
+
+    from m2chat_core.vlm import load_vlm
+    from train.vlm_training import merge_vlm_deltas
+
+    vlm = comfy.node_class("M2ChatVLMLoader").execute(TINY_VLM, "float32", "none", False)[0]
+    stock_weight = vlm.loaded.model.get_submodule(Q_PROJ).weight.detach().clone()
+    deltas = load_adapter_file(comfy.models_dir / "m2chat" / "lora-delta.safetensors").vlm_deltas
+    down, up = deltas.tensors[f"{Q_PROJ}.lora_A.weight"], deltas.tensors[f"{Q_PROJ}.lora_B.weight"]
+    expected = stock_weight + (4 / 2) * up @ down
+
+    node_deltas = sys.modules[comfy.node_class("M2ChatEncode").__module__.rsplit(".", 1)[0] + ".vlm_deltas"]
+    patcher = node_deltas.patched_vlm(vlm.patcher, deltas)
+    patcher.patch_model()
+    try:
+        node_weight = patcher.model.module.get_submodule(Q_PROJ).weight.detach().clone()
+    finally:
+        patcher.unpatch_model()
+    assert torch.equal(vlm.loaded.model.get_submodule(Q_PROJ).weight, stock_weight)  # the loaded VLM stays stock
+
+    merged = load_vlm(comfy.models_dir / "LLM" / TINY_VLM, dtype="float32").model
+    merge_vlm_deltas(merged, deltas)
+    training_weight = merged.get_submodule(Q_PROJ).weight.detach()
+    torch.testing.assert_close(node_weight, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(training_weight, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(node_weight, training_weight, atol=1e-5, rtol=1e-5)

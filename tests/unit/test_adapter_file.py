@@ -37,7 +37,8 @@ CONFIG = M3AdapterConfig(
 )
 DELTAS = VLMDeltas(
     kind="lora",
-    tensors={"language_model.layers.0.q_proj.lora_A.weight": torch.randn(4, 16, dtype=torch.bfloat16)},
+    tensors={"language_model.layers.0.q_proj.lora_A.weight": torch.randn(4, 16, dtype=torch.bfloat16),
+             "language_model.layers.0.q_proj.lora_B.weight": torch.randn(16, 4, dtype=torch.bfloat16)},
     config={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]},
 )
 
@@ -127,9 +128,28 @@ def test_full_deltas_without_config_round_trip(tmp_path):
     assert "vlm.multi_modal_projector.linear_1.bias" in tensors_of(tmp_path / "a.safetensors")
 
 
-def test_lora_deltas_need_their_config():
-    with pytest.raises(ValueError, match="LoRA config"):
-        VLMDeltas(kind="lora", tensors={"w": torch.zeros(1)})
+def test_lora_deltas_need_rank_and_alpha_and_whole_pairs():
+    """A LoRA's scale is lora_alpha / r: without either the file cannot be applied right, so it
+    is refused (never guessed), by the node and the training merge alike."""
+    pair = dict(DELTAS.tensors)
+    for config in (None, {"r": 4}, {"lora_alpha": 8}, {"r": 0, "lora_alpha": 8}):
+        with pytest.raises(ValueError, match="need a positive 'r'|need a positive 'lora_alpha'"):
+            VLMDeltas(kind="lora", tensors=pair, config=config)
+    with pytest.raises(ValueError, match="rank r = 2"):
+        VLMDeltas(kind="lora", tensors=pair, config={"r": 2, "lora_alpha": 8})
+    down, up = sorted(pair)
+    with pytest.raises(ValueError, match="lacks .*lora_B.weight"):
+        VLMDeltas(kind="lora", tensors={down: pair[down]}, config=DELTAS.config)
+    with pytest.raises(ValueError, match="has no lora_A.weight beside it"):
+        VLMDeltas(kind="lora", tensors={up: pair[up]}, config=DELTAS.config)
+    assert VLMDeltas(kind="lora", tensors=pair, config=DELTAS.config).lora_scale == 2.0
+
+
+def test_a_file_whose_lora_lacks_its_alpha_is_refused(tmp_path):
+    path = save_adapter_file(tmp_path / "a.safetensors", make_adapter(), DELTAS)
+    rewrite(path, tensors_of(path), **{"m2chat.vlm_delta_config": json.dumps({"r": 4, "target_modules": ["q_proj"]})})
+    with pytest.raises(InvalidAdapterConfigError, match="a.safetensors has VLM deltas .*positive 'lora_alpha'"):
+        load_adapter_file(path)
 
 
 # --- atomic write -----------------------------------------------------------------------

@@ -73,3 +73,21 @@ def test_bad_sizes_and_bad_positive_are_refused():
         sdxl_conditioning(torch.zeros(1, 77, 2048), torch.zeros(1, 1280), width=1024, height=0)
     with pytest.raises(ConditioningShapeError, match="sdxl_conditioning"):
         zero_negative([])
+
+
+def test_batching_captions_of_different_lengths_leaves_each_panels_attention_unchanged():
+    from m2chat_core.conditioning import batch_token_sequences
+
+    generator = torch.Generator().manual_seed(0)
+    short, long = torch.randn(1, 77, 32, generator=generator), torch.randn(1, 154, 32, generator=generator)
+    batched = batch_token_sequences([short, long])
+    assert batched.shape == (2, 154, 32) and torch.equal(batched[1:], long)
+    queries = torch.randn(1, 5, 32, generator=generator)
+
+    def attend(context):  # what a cross-attention layer of the UNet reads from a panel's tokens
+        return torch.nn.functional.scaled_dot_product_attention(queries, context, context)
+
+    torch.testing.assert_close(attend(batched[:1]), attend(short), atol=1e-6, rtol=1e-6)
+    zero_padded = torch.nn.functional.pad(short, (0, 0, 0, 77))
+    assert not torch.allclose(attend(zero_padded), attend(short), atol=1e-3)  # what padding with zeros did
+    assert batch_token_sequences([short, torch.randn(1, 231, 32)]).shape[1] == 231  # lcm(77, 231)

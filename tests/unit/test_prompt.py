@@ -4,17 +4,10 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
-from m2chat_core.prompt import (
-    RESPONSE_LABEL,
-    TASKS,
-    PromptFormatError,
-    build_prompt,
-    format_response,
-    get_task,
-    parse_generation,
-)
+from m2chat_core.prompt import RESPONSE_LABEL, PromptFormatError, build_prompt, format_response, parse_generation
 from m2chat_core.session import ChatTurn, image_to_png
 from m2chat_core.special_tokens import CAPTION_START, IMAGE_TOKEN
+from m2chat_core.tasks import TASKS, get_task
 from m2chat_core.tiny.vlm import NUM_IMAGE_TOKENS, build_tiny_vlm
 
 
@@ -100,3 +93,14 @@ def test_parse_generation_inverts_format_response():
         "Here you go.",
         "a blue boat at dawn",
     )
+
+
+def test_session_and_prompt_do_not_import_each_other():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    check = ("import sys, m2chat_core.session; assert 'm2chat_core.prompt' not in sys.modules; "
+             "import m2chat_core.prompt; assert m2chat_core.prompt.TASKS is m2chat_core.session.get_task.__globals__['TASKS']")
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", check], cwd=repo, check=True, timeout=600)

@@ -1,6 +1,6 @@
 """Stage-2 instruction and dialogue data: JSONL, one training example per line.
 
-    {"task": "multimodal_dialogue",            # a task of m2chat_core.prompt.TASKS
+    {"task": "multimodal_dialogue",            # a task of m2chat_core.tasks.TASKS
      "turns": [{"user_text": "...", "images": ["in.jpg"], "answer": "...", "caption": "..."},
                ...],                           # oldest first; the LAST turn is trained
      "target_image": "out.jpg"}                # the image the last turn's caption describes

@@ -2,7 +2,8 @@
 
 A sample is the tar members sharing a key (the member name up to the first dot of its
 file name): an image (.jpg/.jpeg/.png/.webp) and its caption in .txt or in the "caption"
-field of .json. The shards are indexed once (member offsets), then read by random
+field of .json. A shard that is not a readable tar is skipped with a warning naming it;
+when no shard is readable, DataFault names them all. The shards are indexed once (member offsets), then read by random
 access, so shuffling is a seeded sampler and a resumed run can skip batches exactly.
 """
 
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from m2chat_core.session import ChatTurn
 
+from ..faults import DataFault
 from .images import prepare_target_image
 from .samples import DataFileSpan, SkippedSample, TrainingSample, sample_rng
 
@@ -51,12 +53,23 @@ class ImageTextShards:
         self.resolution, self.crop, self.seed = resolution, crop, seed
         self.spans: list[DataFileSpan] = []
         self._entries: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
-        for shard_number, path in enumerate(shard_paths):
-            samples = index_shard(path)
+        self.unreadable_shards: dict[Path, str] = {}  # path -> why it was skipped
+        for path in shard_paths:
+            try:
+                samples = index_shard(path)
+            except (tarfile.TarError, OSError) as error:
+                self.unreadable_shards[path] = str(error) or type(error).__name__
+                logger.warning("Skipping the unreadable shard %s (%s)", path, self.unreadable_shards[path])
+                continue
+            shard_number = len(self.spans)
             self.spans.append(DataFileSpan(path=path, start=len(self._entries), count=len(samples)))
             self._entries += [(shard_number, key, members) for key, members in samples]
+        if not self.spans:
+            named = "; ".join(f"{path} ({why})" for path, why in self.unreadable_shards.items())
+            raise DataFault(f"no readable training shard: {named}. Replace these files with valid .tar shards.")
         self._files: dict[int, io.BufferedReader] = {}  # opened lazily, per process
-        logger.info("Indexed %d samples in %d shards", len(self._entries), len(shard_paths))
+        logger.info("Indexed %d samples in %d shards, skipped %d unreadable shards",
+                    len(self._entries), len(self.spans), len(self.unreadable_shards))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2chat_core.m3ft_settings import FILE_GATE_MODE, GATE_MODE_CHOICES
+
 from ..config import FieldError, require_one_of, require_positive
-from ..config_loading import apply_overrides, build_config, field_paths, parse_yaml, read_yaml
+from .. import cli
 
 DATASET_KINDS = ("coco", "cc3m", "mmdialog")
 CAPTION_DATASETS = ("coco", "cc3m")
@@ -24,7 +26,7 @@ SYSTEMS = ("m2chat", "vlm_sd", "sdxl")
 VLM_SYSTEMS = ("m2chat", "vlm_sd")
 DTYPES = ("float32", "float16", "bfloat16")
 DRAW_MODES = ("always", "auto")  # as m2chat_core.encoder.DRAW_MODES, less "never" (no image to score)
-GATE_MODES = ("", "paper", "learned", "fixed")  # "": the mode the adapter file was trained with
+OLD_FILE_GATE_MODE = ""  # the spelling of FILE_GATE_MODE before 0.1.1, still accepted
 FID_ARCHITECTURES = ("fid_inception_v3", "tiny_conv")  # train.evaluate.feature_extractors
 
 SDXL_LAYOUT = (
@@ -91,7 +93,7 @@ class GenerationConfig:
     batch_size: int = 4
     max_new_tokens: int = 64
     draw_mode: str = "always"
-    gate_mode: str = ""
+    gate_mode: str = FILE_GATE_MODE
 
     def __post_init__(self) -> None:
         unknown = [system for system in self.systems if system not in SYSTEMS]
@@ -104,7 +106,9 @@ class GenerationConfig:
         if self.cfg < 0:
             raise FieldError("cfg", f"must be >= 0, got {self.cfg}.")
         require_one_of("draw_mode", self.draw_mode, DRAW_MODES)
-        require_one_of("gate_mode", self.gate_mode, GATE_MODES)
+        if self.gate_mode == OLD_FILE_GATE_MODE:
+            object.__setattr__(self, "gate_mode", FILE_GATE_MODE)
+        require_one_of("gate_mode", self.gate_mode, GATE_MODE_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -191,24 +195,11 @@ def _check_folder(name: str, value: str, entries: tuple[str | tuple[str, ...], .
 
 def build_parser() -> argparse.ArgumentParser:
     """`--config FILE` and one `--section.field VALUE` flag per field of EvaluateConfig."""
-    parser = argparse.ArgumentParser(
-        prog="python -m train.evaluate",
-        description=f"{EvaluateConfig.__doc__} Values: defaults < --config file < command-line flags.",
-        argument_default=argparse.SUPPRESS,
+    return cli.build_parser(
+        EvaluateConfig, prog="python -m train.evaluate", config_help="see train/configs/evaluate_*.yaml"
     )
-    parser.add_argument("--config", help="YAML file with the run's settings (see train/configs/evaluate_*.yaml).")
-    for path in field_paths(EvaluateConfig):
-        flags = [f"--{path}"] + ([f"--{path.replace('_', '-')}"] if "_" in path else [])
-        parser.add_argument(*flags, dest=path, metavar="VALUE")
-    return parser
 
 
 def parse_command_line(argv: Sequence[str]) -> EvaluateConfig:
     """The validated config of a command line; raises ConfigError naming the bad field."""
-    arguments = vars(build_parser().parse_args(list(argv)))
-    config_file = arguments.pop("config", None)
-    values = read_yaml(config_file) if config_file else {}
-    # A flag's text is a YAML list for list fields ("[m2chat, sdxl]"), else the text itself.
-    overrides = {path: parse_yaml(text) if text.lstrip().startswith("[") else text for path, text in arguments.items()}
-    sources = " and ".join(filter(None, [config_file, "the command line" if overrides else ""])) or "the defaults"
-    return build_config(EvaluateConfig, apply_overrides(values, overrides), source=sources)
+    return cli.parse_command_line(EvaluateConfig, argv, build_parser())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m2chat_core.prompt import TASKS
+from m2chat_core.tasks import TASKS
 
 from .config import DataConfig
 

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from m2chat_core.encoder import EncodeResult, encode, text_marker_embeddings
+from m2chat_core.m3ft_settings import FILE_GATE_MODE
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
 from m2chat_core.vlm import LoadedVLM
 
@@ -152,7 +153,7 @@ def _conditioning(
     if system == "vlm_sd":
         return drawn, *_text_conditioning(models, [result.caption for _, result in results])
     adapter = models.adapter()[1]
-    gate_mode = settings.gate_mode or None  # "": the adapter's own mode
+    gate_mode = None if settings.gate_mode == FILE_GATE_MODE else settings.gate_mode  # None: the file's own
     with torch.inference_mode():
         outputs = [adapter(result.features, gate_mode=gate_mode) for _, result in results]  # Eq. 3
     return drawn, torch.cat([output.context for output in outputs]), torch.cat([output.pooled for output in outputs])

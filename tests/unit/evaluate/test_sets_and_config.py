@@ -167,3 +167,12 @@ def test_a_resume_with_other_generation_settings_is_refused(tmp_path, model_fold
     store.check_settings(generation_settings(_config(model_folders, "--generation.batch_size", "9")))  # same outputs
     with pytest.raises(OutputDirError, match=r"generation\.steps: 25 -> 2.*another output_dir"):
         store.check_settings(generation_settings(_config(model_folders, "--generation.steps", "2")))
+
+
+def test_gate_mode_has_one_spelling_for_the_files_own_mode_and_accepts_the_old_one(model_folders):
+    from m2chat_core.m3ft_settings import FILE_GATE_MODE
+
+    assert _config(model_folders).generation.gate_mode == FILE_GATE_MODE
+    assert _config(model_folders, "--generation.gate_mode", "").generation.gate_mode == FILE_GATE_MODE  # before 0.1.1
+    with pytest.raises(ConfigError, match=r"generation\.gate_mode must be one of \['adapter', 'paper'"):
+        _config(model_folders, "--generation.gate_mode", "cosine")

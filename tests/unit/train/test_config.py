@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 import train
 from train.cli import EXIT_CONFIG_ERROR, build_parser, parse_command_line
-from train.config import ConfigError, Stage1Config, Stage2Config
+from m2chat_core.m3ft_settings import TRAINABLE_GROUPS, AdapterArchitecture
+from train.config import AdapterConfig, ConfigError, Stage1Config, Stage2Config
 from train.config_loading import apply_overrides, build_config, field_paths, read_yaml
 
 CONFIGS = Path(train.__file__).resolve().parent / "configs"
@@ -67,6 +69,7 @@ def test_shipped_configs_use_only_known_fields(name, runner):
         (1, ["--data.train", "[/no/such/shards/*.tar]"], "data.train"),
         (1, ["--model.vlm", "/no/such/vlm"], "model.vlm"),
         (1, ["--adapter.width", "66"], "adapter.width"),
+        (1, ["--adapter.chosen_layers", "[-1, -1]"], "adapter.chosen_layers lists a layer twice"),
     ],
 )
 def test_invalid_configs_fail_before_any_model_loads(runner, tmp_path, stage, extra, field):
@@ -89,3 +92,16 @@ def test_unknown_yaml_field_and_wrong_types_name_the_field(runner, tmp_path):
         parse_command_line(Stage1Config, arguments + ["--groups", "[adapter, gate]"])
     with pytest.raises(ConfigError, match=r"model\.weight_dtype .* needs engine\.mixed_precision"):
         parse_command_line(Stage1Config, arguments + ["--model.weight_dtype", "bfloat16"])
+
+
+def test_adapter_settings_are_defined_once_for_training_and_the_adapter_file():
+    """train's AdapterConfig and the file's M3AdapterConfig extend the one torch-free
+    AdapterArchitecture: training adds only its own knob, nothing is repeated."""
+    from m2chat_core.adapter import M3AdapterConfig
+
+    shared = [item.name for item in fields(AdapterArchitecture)]
+    assert [item.name for item in fields(AdapterConfig)] == [*shared, "mean_init_samples"]
+    assert issubclass(M3AdapterConfig, AdapterArchitecture)
+    core = M3AdapterConfig(vlm_hidden_size=8, vision_feature_size=8)
+    assert all(getattr(core, name) == getattr(AdapterConfig(), name) for name in shared)
+    assert Stage1Config.allowed_groups == TRAINABLE_GROUPS[1] and Stage2Config.allowed_groups == TRAINABLE_GROUPS[2]
