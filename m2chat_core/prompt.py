@@ -71,6 +71,13 @@ TASKS: dict[str, Task] = {
 }
 
 
+def panel_prompt(premise: str, index: int, panels: int) -> str:
+    """The user text of story panel `index` (0-based) of `panels` (storytelling task)."""
+    if index == 0:
+        return f"{premise}\nTell this story in {panels} parts. Part 1 of {panels}."
+    return f"Continue the story: part {index + 1} of {panels}."
+
+
 def get_task(name: str) -> Task:
     """The task called `name`, or a ValueError listing the task names."""
     try:

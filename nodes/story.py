@@ -11,6 +11,7 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
+from ..m2chat_core.prompt import panel_prompt
 from ..m2chat_core.session import ChatSession
 from .inputs import gate_inputs, generation_inputs, model_inputs, size_inputs
 from .turn import (SizeConditioning, TurnSettings, adapter_conditioning, check_prompt,
@@ -18,12 +19,6 @@ from .turn import (SizeConditioning, TurnSettings, adapter_conditioning, check_p
 from .types import SessionType
 
 MAX_PANELS = 16
-
-
-def panel_prompt(premise: str, index: int, panels: int) -> str:
-    if index == 0:
-        return f"{premise}\nTell this story in {panels} parts. Part 1 of {panels}."
-    return f"Continue the story: part {index + 1} of {panels}."
 
 
 class M2ChatStory(io.ComfyNode):
