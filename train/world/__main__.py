@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae} --out FOLDER [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,measure} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 from ..cli import EXIT_CONFIG_ERROR, configure_logging
 from ..config import ConfigError
 from ..config_loading import coerce
-from .config import DataConfig, JudgeConfig, VaeConfig
+from .config import DataConfig, JudgeConfig, MeasureConfig, VaeConfig
 from .loop import ResumeError
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig}
+COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "measure": MeasureConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +66,12 @@ def run(config) -> None:
     elif isinstance(config, JudgeConfig):
         from .training import train_judge
         train_judge(config)
-    else:
+    elif isinstance(config, VaeConfig):
         from .training import train_vae
         train_vae(config)
+    else:
+        from .measure import measure
+        measure(config)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,20 @@ class VaeConfig(TrainingConfig):
         _check(self.crop >= 32 and self.crop % 8 == 0, "crop", f"must be a multiple of 8 and >= 32, got {self.crop}.")
         for name in ("shape_weight", "latent_noise", "latent_penalty"):
             _check(getattr(self, name) >= 0, name, f"must be 0 or more, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Measure the judge (and, with --vae, what survives the VAE) on fresh images; write JSON to --out."""
+
+    out: str
+    judge: str = str(WEIGHTS / "judge.safetensors")
+    vae: str = ""  # a folder with the taesdxl files, or a VAE run folder (its snapshots are measured too)
+    images: int = 256  # per split
+    seed: int = 1  # the fresh images' stream (training draws from other streams)
+
+    def __post_init__(self) -> None:
+        _check(Path(self.judge).is_file(), "judge",
+               f"{self.judge} is not a file; train one with `python -m train.world judge` or pass --judge.")
+        _check(not self.vae or Path(self.vae).is_dir(), "vae", f"{self.vae} is not a folder.")
+        _check(self.images >= 1, "images", f"must be at least 1, got {self.images}.")

@@ -3,6 +3,7 @@ resumes to the same weights as an uninterrupted one, and a judge that learns."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,3 +89,18 @@ def test_the_judge_learns_on_a_short_schedule(tmp_path):
     assert first["position"] < 0.05
     assert last["loss"] < 0.75 * first["loss"]
     assert last["position"] >= 0.25 and last["background"] >= 0.55
+
+
+def test_measure_writes_the_judges_figures_per_split_and_for_each_vae_snapshot(tmp_path):
+    train_judge(_tiny_judge(tmp_path / "judge", steps=1, evaluate_every=1))
+    vae = tmp_path / "vae"
+    train_vae(VaeConfig(out=str(vae), steps=1, batch_size=1, crop=32, warmup_steps=0, evaluate_every=1,
+                        eval_images=2))
+    out = tmp_path / "figures.json"
+    assert main(["measure", "--out", str(out), "--judge", str(tmp_path / "judge" / JUDGE_FILE),
+                 "--vae", str(vae), "--images", "2"]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures["judge"]) == {"train", "test", "any"}
+    assert set(figures["judge"]["test"]) == {"position", "shape", "colour", "size", "background", "all"}
+    assert set(figures["vae_snapshots"]) == {"1"}
+    assert set(figures["vae"]["test"]) == {"original", "reconstructed"}
