@@ -9,4 +9,8 @@ trained and measured on a CPU (issue 15). Run as `python -m train.world <subcomm
     judge       a CNN that reads a scene back from an image (scores generated images)
     taesd       the world's VAE in ComfyUI's TAESD ("taesdxl") format
     loop        the resumable, atomic training loop both models use
+    training    what the loop trains: the judge's and the VAE's batches, losses, evaluations
+    measure     the judge and the VAE measured on freshly generated images
+    config      the settings of each subcommand, checked before any work
+    files       atomic writes
 """

@@ -56,7 +56,7 @@ class LoopSettings:
     bf16: bool
 
 
-class Task(Protocol):
+class Trainable(Protocol):
     """What the loop trains: a model, the loss of step `step`'s batch, and an evaluation."""
 
     model: torch.nn.Module
@@ -66,7 +66,7 @@ class Task(Protocol):
     def evaluate(self) -> dict[str, float]: ...
 
 
-def train(task: Task, settings: LoopSettings, run_folder: Path, config: dict[str, Any],
+def train(task: Trainable, settings: LoopSettings, run_folder: Path, config: dict[str, Any],
           stop_after: int | None = None) -> list[dict[str, float]]:
     """Train to `settings.steps` (or until `stop_after` steps of this call), resuming from
     the folder's checkpoint; returns the learning curve."""
@@ -81,7 +81,7 @@ def train(task: Task, settings: LoopSettings, run_folder: Path, config: dict[str
         handler.close()
 
 
-def _train(task: Task, settings: LoopSettings, run_folder: Path, config: dict[str, Any],
+def _train(task: Trainable, settings: LoopSettings, run_folder: Path, config: dict[str, Any],
            stop_after: int | None) -> list[dict[str, float]]:
     optimizer = torch.optim.AdamW(task.model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings))
@@ -116,7 +116,7 @@ def _train(task: Task, settings: LoopSettings, run_folder: Path, config: dict[st
     return curve
 
 
-def _evaluate(task: Task) -> dict[str, float]:
+def _evaluate(task: Trainable) -> dict[str, float]:
     task.model.eval()
     with torch.no_grad():
         figures = task.evaluate()
