@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 import typing
 from pathlib import Path
@@ -14,8 +13,6 @@ from ..config import ConfigError
 from ..config_loading import coerce
 from .config import DataConfig, JudgeConfig, MeasureConfig, VaeConfig
 from .loop import ResumeError
-
-logger = logging.getLogger(__name__)
 
 COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "measure": MeasureConfig}
 
