@@ -1,0 +1,133 @@
+"""The shapes world's data: same seed, same bytes; no held-out (colour, shape) pair in
+training; every file readable by train/'s own readers."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from train.data.dialogue import DialogueRecords
+from train.data.samples import TrainingSample
+from train.data.shards import ImageTextShards
+from train.world.dataset import SplitSizes, write_dataset
+from train.world.language import caption
+from train.world.render import png_bytes, render
+from train.world.scenes import Scene, apply_edit, is_held_out, possible_edits, random_scene
+from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, SHAPES
+
+SIZES = {"train": SplitSizes(images=24, dialogues=6, edits=8, stories=3),
+         "test": SplitSizes(images=12, dialogues=6, edits=6, stories=2)}
+JSONL_FILES = ("text_to_image", "dialogue", "editing", "stories")
+
+
+def _write(folder: Path, seed: int) -> Path:
+    return write_dataset(folder, seed, SIZES, shard_size=10)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return _write(tmp_path_factory.mktemp("world") / "data", seed=0)
+
+
+def _records(world: Path, split: str, name: str) -> list[dict]:
+    return [json.loads(line) for line in (world / split / f"{name}.jsonl").read_text().splitlines()]
+
+
+def _shard_entries(world: Path, split: str) -> list[dict]:
+    entries = []
+    for shard in sorted((world / split / "shards").glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            entries += [json.load(archive.extractfile(m)) for m in archive if m.name.endswith(".json")]
+    return entries
+
+
+def _named_pairs(text: str) -> set[tuple[str, str]]:
+    colours, shapes = "|".join(COLOURS), "|".join(SHAPES)
+    return set(re.findall(rf"\b({colours}) ({shapes})\b", text))
+
+
+def test_same_seed_gives_the_same_bytes_and_another_seed_other_data(world, tmp_path):
+    again = _files(_write(tmp_path / "again", seed=0))
+    assert again == _files(world)
+    other = _files(_write(tmp_path / "other", seed=1))
+    assert other.keys() == again.keys()
+    assert sum(other[name] != again[name] for name in again) > len(again) // 2
+
+
+def test_rendering_is_a_pure_function_of_the_scene():
+    scene = random_scene(random.Random(5), "train")
+    assert png_bytes(render(scene)) == png_bytes(render(Scene.from_dict(scene.to_dict())))
+
+
+def test_no_held_out_pair_anywhere_in_the_training_split(world):
+    scenes = [Scene.from_dict(entry["scene"]) for entry in _shard_entries(world, "train")]
+    texts = [entry["caption"] for entry in _shard_entries(world, "train")]
+    for name in JSONL_FILES:
+        for record in _records(world, "train", name):
+            scenes.append(Scene.from_dict(record["target_scene"]))
+            if "source_scene" in record:
+                scenes.append(Scene.from_dict(record["source_scene"]))
+            texts += [turn[key] for turn in record["turns"] for key in ("user_text", "answer", "caption")]
+    assert len(scenes) > 60
+    assert not any(is_held_out(scene) for scene in scenes)
+    assert not set().union(*map(_named_pairs, texts)) & HELD_OUT_PAIRS
+    # ... while every colour and every shape is still seen in training
+    seen = {(o.colour, o.shape) for scene in scenes for o in scene.objects}
+    assert {colour for colour, _ in seen} == set(COLOURS) and {shape for _, shape in seen} == set(SHAPES)
+
+
+def test_every_test_target_shows_a_held_out_pair(world):
+    targets = [Scene.from_dict(entry["scene"]) for entry in _shard_entries(world, "test")]
+    for name in JSONL_FILES:
+        targets += [Scene.from_dict(record["target_scene"]) for record in _records(world, "test", name)]
+    assert targets and all(is_held_out(scene) for scene in targets)
+
+
+def test_captions_name_every_object_and_edits_change_only_what_they_say():
+    scene = Scene.from_dict({"background": "grey", "objects": [
+        {"colour": "red", "shape": "star", "size": "small", "row": 0, "column": 0, "offset": [0, 0]}]})
+    assert caption(scene) == "a small red star at the top left on a grey background"
+    moved = {edit.value: apply_edit(scene, edit) for edit in possible_edits(scene) if edit.kind == "move"}
+    assert set(moved) == {"right", "down"}  # left and up would leave the grid
+    assert caption(moved["right"]) == "a small red star at the top on a grey background"
+
+
+def test_shards_read_by_the_stage1_reader(world):
+    shards = sorted((world / "train" / "shards").glob("*.tar"))
+    assert len(shards) == 3  # 24 samples, 10 per shard
+    dataset = ImageTextShards(shards, resolution=128, crop="center", seed=0)
+    assert len(dataset) == SIZES["train"].images
+    entries = _shard_entries(world, "train")
+    for index in (0, 23):
+        sample = dataset.load(index, decode_target=True)
+        assert isinstance(sample, TrainingSample)
+        assert sample.turn.caption == entries[index]["caption"]
+        assert sample.target.pixels.shape == (3, 128, 128)
+
+
+@pytest.mark.parametrize("name", JSONL_FILES)
+def test_jsonl_read_by_the_stage2_reader(world, name):
+    path = world / "train" / f"{name}.jsonl"
+    dataset = DialogueRecords([path], resolution=128, crop="center", seed=0, max_history_turns=4)
+    records = _records(world, "train", name)
+    assert len(dataset) == len(records) > 0
+    samples = [dataset.load(index, decode_target=True) for index in range(len(dataset))]
+    assert all(isinstance(sample, TrainingSample) for sample in samples)
+    for sample, record in zip(samples, records):
+        assert sample.turn.task == record["task"]
+        assert sample.turn.caption == caption(Scene.from_dict(record["target_scene"]))
+        assert len(sample.history) == len(record["turns"]) - 1
+    if name == "dialogue":  # follow-ups need the context: "it" and the previous picture
+        follow_ups = [s for s in samples if s.history]
+        assert follow_ups and all(len(s.turn.images) == 1 for s in follow_ups)
+    if name == "stories":
+        assert {len(s.history) for s in samples} == {0, 1, 2, 3}

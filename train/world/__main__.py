@@ -1,0 +1,75 @@
+"""python -m train.world {data,judge,vae,measure} --out PATH [--field VALUE ...]"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from ..cli import EXIT_CONFIG_ERROR, configure_logging
+from ..config import ConfigError
+from ..config_loading import coerce
+from .config import DataConfig, JudgeConfig, MeasureConfig, VaeConfig
+from .loop import ResumeError
+
+COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "measure": MeasureConfig}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.world", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, config_class in COMMANDS.items():
+        command = commands.add_parser(name, help=(config_class.__doc__ or "").strip(),
+                                      argument_default=argparse.SUPPRESS)
+        for item in dataclasses.fields(config_class):
+            required = item.default is dataclasses.MISSING
+            command.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, required=required,
+                                 help="required" if required else f"default: {item.default!r}")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None):
+    """The chosen command's config, built from its flags; ConfigError names a bad field."""
+    arguments = vars(build_parser().parse_args(argv))
+    config_class = COMMANDS[arguments.pop("command")]
+    hints = typing.get_type_hints(config_class)
+    values = {name: coerce(name, value, hints[name]) for name, value in arguments.items()}
+    return config_class(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    try:
+        config = parse_config(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        run(config)
+    except ResumeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return 0
+
+
+def run(config) -> None:
+    if isinstance(config, DataConfig):
+        from .dataset import SplitSizes, write_dataset
+        train_sizes = SplitSizes(config.images, config.dialogues, config.edits, config.stories)
+        test_sizes = SplitSizes(*(max(1, round(n * config.test_fraction)) for n in dataclasses.astuple(train_sizes)))
+        write_dataset(Path(config.out), config.seed, {"train": train_sizes, "test": test_sizes}, config.shard_size)
+    elif isinstance(config, JudgeConfig):
+        from .training import train_judge
+        train_judge(config)
+    elif isinstance(config, VaeConfig):
+        from .training import train_vae
+        train_vae(config)
+    else:
+        from .measure import measure
+        measure(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

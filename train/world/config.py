@@ -1,0 +1,110 @@
+"""The settings of each `python -m train.world` subcommand: one dataclass each, checked
+on construction (before any work starts); the command line is generated from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+from .loop import LoopSettings
+
+WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name} {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Write the shapes world's data (both splits) to --out."""
+
+    out: str
+    seed: int = 0
+    images: int = 8192  # stage-1 pairs in the train split (and as many text-to-image requests)
+    dialogues: int = 1024
+    edits: int = 2048
+    stories: int = 256
+    test_fraction: float = 0.125  # the test split's size, as a fraction of the train split's
+    shard_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("images", "dialogues", "edits", "stories", "shard_size"):
+            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(0 < self.test_fraction <= 1, "test_fraction", f"must be in (0, 1], got {self.test_fraction}.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    out: str  # the run folder: checkpoint, log, learning curve, trained weights
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    checkpoint_every: int = 100
+    evaluate_every: int = 100
+    eval_images: int = 256
+    bf16: bool = True  # bfloat16 autocast: this CPU has bf16 matrix units
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "evaluate_every", "eval_images"):
+            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(self.warmup_steps >= 0, "warmup_steps", f"must be 0 or more, got {self.warmup_steps}.")
+        _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}.")
+        out = Path(self.out)
+        _check(not out.exists() or out.is_dir(), "out", f"{out} exists and is not a folder; choose a folder.")
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(self.steps, self.learning_rate, self.warmup_steps, self.checkpoint_every,
+                            self.evaluate_every, self.bf16)
+
+
+@dataclass(frozen=True)
+class JudgeConfig(TrainingConfig):
+    """Train the judge (reads shape, colour, size, position and background) into --out."""
+
+    width: int = 48
+    steps: int = 1500
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.width >= 16 and self.width % 16 == 0, "width", f"must be a multiple of 16, got {self.width}.")
+
+
+@dataclass(frozen=True)
+class VaeConfig(TrainingConfig):
+    """Train the world's TAESD-format VAE into --out."""
+
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    crop: int = 48  # training crops (pixels, multiple of 8) around an object: cheaper than whole images
+    shape_weight: float = 8.0  # extra loss weight of pixels on and around the shapes
+    latent_noise: float = 0.1  # z + noise before decoding: a decoder robust to imperfect latents
+    latent_penalty: float = 1e-3  # keeps z near unit spread (the UNet's scale)
+    eval_images: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.crop >= 32 and self.crop % 8 == 0, "crop", f"must be a multiple of 8 and >= 32, got {self.crop}.")
+        for name in ("shape_weight", "latent_noise", "latent_penalty"):
+            _check(getattr(self, name) >= 0, name, f"must be 0 or more, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Measure the judge (and, with --vae, what survives the VAE) on fresh images; write JSON to --out."""
+
+    out: str
+    judge: str = str(WEIGHTS / "judge.safetensors")
+    vae: str = ""  # a folder with the taesdxl files, or a VAE run folder (its snapshots are measured too)
+    images: int = 256  # per split
+    seed: int = 1  # the fresh images' stream (training draws from other streams)
+
+    def __post_init__(self) -> None:
+        _check(Path(self.judge).is_file(), "judge",
+               f"{self.judge} is not a file; train one with `python -m train.world judge` or pass --judge.")
+        _check(not self.vae or Path(self.vae).is_dir(), "vae", f"{self.vae} is not a folder.")
+        _check(self.images >= 1, "images", f"must be at least 1, got {self.images}.")

@@ -1,0 +1,37 @@
+"""Atomic output: files and folders appear complete or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write (a file or a folder); on success it
+    is fsynced and renamed over `path`, on failure removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield temporary
+        _fsync(temporary)
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(temporary, path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary)
+        else:
+            temporary.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if item.is_file():
+            with open(item, "rb") as file:
+                os.fsync(file.fileno())
