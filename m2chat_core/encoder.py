@@ -346,7 +346,7 @@ def _check_arguments(
         raise EncodeError(
             f"num_image_tokens ({num_image_tokens}) and max_new_tokens ({max_new_tokens}) must be at least 1."
         )
-    if temperature < 0 or not 0 < top_p <= 1:
+    if not (temperature >= 0 and 0 < top_p <= 1):  # also refuses NaN, which fails every comparison
         raise EncodeError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature} and {top_p}.")
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .special_tokens import CAPTION_START, IMAGE_TOKEN
-from .tasks import TASKS, get_task  # noqa: F401 - TASKS re-exported for the nodes that import it from here
+from .tasks import get_task
 
 if TYPE_CHECKING:
     from .session import ChatTurn

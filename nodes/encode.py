@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..m2chat_core.encoder import DRAW_MODES
-from ..m2chat_core.prompt import TASKS
+from ..m2chat_core.tasks import TASKS
 from ..m2chat_core.session import ChatSession
 from .images import tensor_to_pil
 from .inputs import gate_inputs, generation_inputs, model_inputs, size_inputs

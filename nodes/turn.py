@@ -14,13 +14,11 @@ from ..m2chat_core.adapter import M3AdapterOutput
 from ..m2chat_core.adapter_file import check_compatible
 from ..m2chat_core.conditioning import batch_token_sequences, sdxl_conditioning, zero_negative
 from ..m2chat_core.encoder import EncodeResult, encode, text_marker_embeddings
+from ..m2chat_core.m3ft_settings import FILE_GATE_MODE
 from ..m2chat_core.session import ChatSession
 from .managed import load_for_use
 from .types import M2ChatAdapter, M2ChatVLM
 from .vlm_deltas import patched_vlm
-
-GATE_MODES = ("adapter", "paper", "learned", "fixed")  # "adapter": the mode the file was trained with
-
 
 class NoConditioningSourceError(ValueError):
     pass
@@ -91,7 +89,7 @@ def run_turn(vlm: M2ChatVLM, adapter: M2ChatAdapter | None, session: ChatSession
     vlm.counter.total += result.tokens_processed
     if adapter is None or result.features is None:
         return result, None
-    gate_mode = None if settings.gate_mode == "adapter" else settings.gate_mode
+    gate_mode = None if settings.gate_mode == FILE_GATE_MODE else settings.gate_mode
     with torch.inference_mode():
         output = adapter.module(result.features, gate_mode=gate_mode, gate_value=settings.gate_value)
     return result, output

@@ -404,6 +404,9 @@ def test_bad_arguments_are_rejected(vlm, special):
         _encode(vlm, special, chosen_layers=(5,))
     with pytest.raises(EncodeError, match="draw_mode"):
         _encode(vlm, special, draw_mode="sometimes")
+    for temperature, top_p in ((float("nan"), 1.0), (1.0, float("nan")), (-0.5, 1.0)):
+        with pytest.raises(EncodeError, match=r"temperature must be >= 0 and top_p in \(0, 1\]"):
+            _encode(vlm, special, temperature=temperature, top_p=top_p)
 
 
 def test_text_marker_embeddings_are_the_mean_embedding_of_the_marker_text(vlm):
