@@ -32,7 +32,8 @@ from transformers import BatchFeature
 from .encoding import VLMFeatures
 from .prefill import plan_prefill
 from .prefix_cache import PrefixCache
-from .prompt import build_prompt, get_task, strip_markers
+from .prompt import PromptTooLongError, fit_prompt, strip_markers
+from .tasks import get_task
 from .session import ChatSession, ChatTurn, image_to_png
 from .special_tokens import CAPTION_START, SPECIAL_TOKENS
 from .vlm import LoadedVLM
@@ -357,24 +358,20 @@ def _fit_context(
     context for generation; also how many turns were dropped and the prompt's images
     (PNG bytes, in prompt order)."""
     limit = vlm.info.max_context_length
-    for dropped in range(len(session.turns) + 1):
-        history = session.turns[dropped:]
-        images = [image for turn in (*history, new_turn) for image in turn.images]
-        pil_images = [image for turn in (*history, new_turn) for image in turn.pil_images()]
-        inputs = vlm.process(build_prompt(vlm.processor, history, new_turn), pil_images)
-        prompt_length = inputs["input_ids"].shape[1]
-        if prompt_length + reserve <= limit:
-            if dropped:
-                logger.warning(
-                    "Left the %d oldest of %d session turns out of the prompt to fit %s's context of %d tokens.",
-                    dropped, len(session.turns), vlm.info.name, limit,
-                )
-            return inputs, dropped, images
-    raise ContextLengthError(
-        f"The new turn alone needs {prompt_length} prompt tokens plus {reserve} for generation, more than "
-        f"{vlm.info.name}'s context of {limit} tokens. Shorten the prompt, give fewer or smaller images, or "
-        "lower max_new_tokens / the adapter's number of image tokens."
-    )
+    try:
+        fitted = fit_prompt(vlm.processor, session.turns, new_turn, limit - reserve)
+    except PromptTooLongError as error:
+        raise ContextLengthError(
+            f"The new turn alone needs {error.prompt_length} prompt tokens plus {reserve} for generation, more "
+            f"than {vlm.info.name}'s context of {limit} tokens. Shorten the prompt, give fewer or smaller images, "
+            "or lower max_new_tokens / the adapter's number of image tokens."
+        ) from None
+    if fitted.dropped_turns:
+        logger.warning(
+            "Left the %d oldest of %d session turns out of the prompt to fit %s's context of %d tokens.",
+            fitted.dropped_turns, len(session.turns), vlm.info.name, limit,
+        )
+    return fitted.inputs, fitted.dropped_turns, fitted.images
 
 
 def _features(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .special_tokens import CAPTION_START, IMAGE_TOKEN
@@ -28,6 +29,21 @@ RESPONSE_LABEL = "Response:"
 
 class PromptFormatError(ValueError):
     """A prompt cannot be rendered with the VLM's processor."""
+
+
+class PromptTooLongError(ValueError):
+    """The new turn alone exceeds the token budget (no history left to drop)."""
+
+    def __init__(self, prompt_length: int, max_prompt_length: int) -> None:
+        super().__init__(f"The new turn alone needs {prompt_length} prompt tokens; at most {max_prompt_length} fit.")
+        self.prompt_length = prompt_length
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    inputs: Any  # the processor's outputs (token ids with image placeholders expanded, pixels)
+    dropped_turns: int  # oldest history turns left out
+    images: list[bytes]  # the prompt's images (PNG bytes), in prompt order
 
 
 def format_response(answer: str, caption: str, num_image_tokens: int = 0) -> str:
@@ -82,6 +98,23 @@ def build_prompt(processor: Any, history: Sequence[ChatTurn], new_turn: ChatTurn
     else:
         prompt = "".join(_as_plain_text(processor, part) for part in parts) + "\n"
     return prompt + ("" if prompt[-1:].isspace() else " ") + RESPONSE_LABEL
+
+
+def fit_prompt(
+    processor: Any, history: Sequence[ChatTurn], new_turn: ChatTurn, max_prompt_length: int
+) -> FittedPrompt:
+    """The prompt of `new_turn` after the longest recent part of `history` (oldest turns
+    dropped first) that has at most `max_prompt_length` tokens. Inference (the encoder)
+    and training (teacher forcing) both fit context with it, so they drop the same turns."""
+    for dropped in range(len(history) + 1):
+        kept = history[dropped:]
+        turns = (*kept, new_turn)
+        pil_images = [image for turn in turns for image in turn.pil_images()]
+        inputs = processor(text=build_prompt(processor, kept, new_turn), images=pil_images or None,
+                           return_tensors="pt")
+        if inputs["input_ids"].shape[1] <= max_prompt_length:
+            return FittedPrompt(inputs, dropped, [image for turn in turns for image in turn.images])
+    raise PromptTooLongError(inputs["input_ids"].shape[1], max_prompt_length)
 
 
 def _user_parts(turn: ChatTurn) -> list[dict[str, str]]:

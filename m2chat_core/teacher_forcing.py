@@ -30,7 +30,7 @@ from torch import nn
 
 from .encoding import VLMFeatures
 from .losses import IGNORE_INDEX
-from .prompt import RESPONSE_LABEL, build_prompt
+from .prompt import RESPONSE_LABEL, PromptTooLongError, fit_prompt
 from .session import ChatTurn
 from .special_tokens import SPECIAL_TOKENS
 from .vlm import LoadedVLM
@@ -131,17 +131,14 @@ def _process_within(
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Processor outputs of the longest recent history (oldest turns dropped first) for
     which prompt + response fits `max_length`, and how many images the prompt has."""
-    for dropped in range(len(example.history) + 1):
-        history = example.history[dropped:]
-        images = [image for turn in (*history, example.turn) for image in turn.pil_images()]
-        prompt = build_prompt(processor, history, example.turn)
-        inputs = processor(text=prompt, images=images or None, return_tensors="pt")
-        if inputs["input_ids"].shape[1] + response_length <= max_length:
-            return dict(inputs), len(images)
-    raise TeacherForcingError(
-        f"The turn needs {inputs['input_ids'].shape[1]} prompt and {response_length} response tokens even "
-        f"without history, more than the {max_length} allowed; shorten its text or caption."
-    )
+    try:
+        fitted = fit_prompt(processor, example.history, example.turn, max_length - response_length)
+    except PromptTooLongError as error:
+        raise TeacherForcingError(
+            f"The turn needs {error.prompt_length} prompt and {response_length} response tokens even "
+            f"without history, more than the {max_length} allowed; shorten its text or caption."
+        ) from None
+    return dict(fitted.inputs), len(fitted.images)
 
 
 def prepare_batch(

@@ -14,6 +14,7 @@ from harness.tiny_qwen import QWEN_FAMILIES, build_tiny_qwen
 from m2chat_core.encoder import ContextLengthError, EncodeError, encode, text_marker_embeddings
 from m2chat_core.prompt import build_prompt
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
+from m2chat_core.teacher_forcing import ForcedTurn, _process_within
 from m2chat_core.tiny.vlm import NUM_IMAGE_TOKENS, build_tiny_vlm
 from m2chat_core.vlm import (
     LoadedVLM,
@@ -390,6 +391,17 @@ def test_context_limit_drops_the_oldest_turns_and_says_so(vlm, special, caplog):
     assert longer["input_ids"].shape[1] + reserve > limit
     # The returned session keeps the whole dialogue.
     assert result.session.turns[:-1] == session.turns
+
+
+def test_training_drops_the_same_turns_as_inference(vlm, special):
+    session = _long_session()
+    result = _encode(vlm, special, session=session)
+    new_turn = result.session.turns[-1]
+    # Teacher forcing of the same turn, with the same response budget as the encoder reserved.
+    forced = ForcedTurn(new_turn, answer_ids=(1,) * MAX_NEW, caption_ids=(1,) * MAX_NEW, history=session.turns)
+    inputs, num_images = _process_within(vlm.processor, forced, 2 * MAX_NEW + 1 + K, vlm.info.max_context_length)
+    assert inputs["input_ids"].shape[1] == result.prompt_tokens
+    assert num_images == len(session.turns) - result.dropped_turns + len(new_turn.images)
 
 
 def test_a_turn_longer_than_the_context_raises(vlm, special):
