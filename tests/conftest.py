@@ -1,5 +1,8 @@
-"""Fixtures shared by the test tiers: tests/unit (no ComfyUI), tests/comfy (ComfyUI
-in-process), tests/server (ComfyUI's HTTP server), tests/browser (Chromium)."""
+"""Fixtures shared by the test tiers, named by what they run: tests/unit (the core in this
+process, no ComfyUI), tests/training and tests/evaluation (the real entry points in
+subprocesses, torchrun included), tests/world (the shapes world's short schedules),
+tests/comfy (ComfyUI in-process), tests/server (ComfyUI's HTTP server), tests/browser
+(Chromium)."""
 
 import pytest
 
@@ -24,7 +27,7 @@ def comfy_server(tmp_path_factory):
     server.stop()
 
 
-TIER_ORDER = ("unit", "comfy", "server", "browser")
+TIER_ORDER = ("unit", "training", "evaluation", "world", "comfy", "server", "browser")
 
 
 def pytest_collection_modifyitems(items):

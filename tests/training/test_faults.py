@@ -21,7 +21,7 @@ from train.cli import EXIT_RUN_FAULT
 from train.data.shards import ImageTextShards
 from train.faults import DataFault
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _corrupt_shard(path: Path) -> Path:

@@ -12,7 +12,7 @@ from comfyui_env import HUNG_AFTER_S
 from train.evaluate.cli import main
 from train.evaluate.tiny_assets import build_tiny_evaluation_assets
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "train" / "configs" / "evaluate_tiny.yaml"
 
 
