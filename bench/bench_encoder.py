@@ -49,7 +49,7 @@ import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from m2chat_core.adapter import M3Adapter, M3AdapterConfig  # noqa: E402
-from m2chat_core.encoder import encode  # noqa: E402
+from m2chat_core.encoder import AdapterReadout, TurnOptions, encode  # noqa: E402
 from m2chat_core.prefix_cache import PrefixCache  # noqa: E402
 from m2chat_core.prompt import build_prompt, panel_prompt  # noqa: E402
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png  # noqa: E402
@@ -136,22 +136,23 @@ class VisionTowerImages:
         self._hook.remove()
 
 
-def special_embeddings(vlm: LoadedVLM) -> tuple[torch.Tensor, M3AdapterConfig]:
+def adapter_readout(vlm: LoadedVLM) -> AdapterReadout:
+    """What an (untrained) adapter for `vlm` gives the encoder: special-token rows, layers, K."""
     config = M3AdapterConfig(vlm_hidden_size=vlm.info.hidden_size, vision_feature_size=vlm.info.vision_feature_size,
                              chosen_layers=(-1, -2), num_image_tokens=NUM_IMAGE_TOKENS, width=64, depth=1, heads=4)
     torch.manual_seed(0)
-    return M3Adapter(config).special_token_embeddings.detach(), config
+    special = M3Adapter(config).special_token_embeddings.detach()
+    return AdapterReadout(special, tuple(config.chosen_layers), config.num_image_tokens)
 
 
 def token_ratios(vlm: LoadedVLM, prompt: str, images: list[Image.Image]) -> tuple[float, float, str]:
-    special, config = special_embeddings(vlm)
+    readout = adapter_readout(vlm)
     turn = ChatTurn(prompt, tuple(image_to_png(image) for image in images))
     prompt_tokens = vlm.process(build_prompt(vlm.processor, (), turn), images)["input_ids"].shape[1]
     counter = LanguageModelTokenCounter(vlm)
     try:
-        result = encode(vlm, ChatSession(), prompt, images, special_token_embeddings=special,
-                        chosen_layers=config.chosen_layers, num_image_tokens=config.num_image_tokens,
-                        max_new_tokens=MAX_NEW_TOKENS)
+        result = encode(vlm, ChatSession(), prompt, images, readout=readout,
+                        options=TurnOptions(max_new_tokens=MAX_NEW_TOKENS))
     finally:
         counter.remove()
     answer, caption = len(result.answer_token_ids), len(result.caption_token_ids)
@@ -194,7 +195,7 @@ def run_turns(vlm: LoadedVLM, turns: Sequence[tuple[str, list[Image.Image]]], ta
               max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[int, int, int, float]:
     """Encode `turns` in one session: (tokens the hook counted, the incremental minimum,
     images through the vision tower, seconds)."""
-    special, config = special_embeddings(vlm)
+    readout = adapter_readout(vlm)
     session, sequences = ChatSession(), []
     counter, tower = LanguageModelTokenCounter(vlm), VisionTowerImages(vlm)
     seconds = 0.0
@@ -203,13 +204,12 @@ def run_turns(vlm: LoadedVLM, turns: Sequence[tuple[str, list[Image.Image]]], ta
             turn = ChatTurn(prompt, tuple(image_to_png(image) for image in images), task=task)
             units = prompt_units(vlm, session.turns, turn)
             start = time.perf_counter()
-            result = encode(vlm, session, prompt, images, special_token_embeddings=special, task=task,
-                            chosen_layers=config.chosen_layers, num_image_tokens=config.num_image_tokens,
-                            max_new_tokens=max_new_tokens, prefix_cache=cache)
+            result = encode(vlm, session, prompt, images, readout=readout,
+                            options=TurnOptions(task=task, max_new_tokens=max_new_tokens), prefix_cache=cache)
             seconds += time.perf_counter() - start
             assert result.dropped_turns == 0, "the bench needs every turn in the context"
             sequences.append([*units, *result.answer_token_ids, "<|IC|>", *result.caption_token_ids,
-                              *["<|img|>"] * config.num_image_tokens])
+                              *["<|img|>"] * readout.num_image_tokens])
             session = result.session
     finally:
         counter.remove()

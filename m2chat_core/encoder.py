@@ -53,6 +53,41 @@ class ContextLengthError(EncodeError):
 
 
 @dataclass(frozen=True)
+class AdapterReadout:
+    """What the adapter gives the encoder and reads back: the learned embeddings of the
+    special tokens (rows in SPECIAL_TOKENS order), the hidden-state layers of h_l, and K,
+    the number of <|img|> tokens."""
+
+    special_token_embeddings: torch.Tensor
+    chosen_layers: tuple[int, ...]
+    num_image_tokens: int
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """How one turn is generated. max_new_tokens caps the answer and the caption each;
+    temperature 0 is greedy, else temperature + top-p sampling from a generator seeded
+    with `seed` (a seed gives identical outputs)."""
+
+    task: str = "multimodal_dialogue"
+    draw_mode: str = "always"
+    seed: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.draw_mode not in DRAW_MODES:
+            raise EncodeError(f"Unknown draw_mode {self.draw_mode!r}; choose one of {list(DRAW_MODES)}.")
+        if self.max_new_tokens < 1:
+            raise EncodeError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        if not (self.temperature >= 0 and 0 < self.top_p <= 1):  # also refuses NaN, which fails every comparison
+            raise EncodeError(
+                f"temperature must be >= 0 and top_p in (0, 1]; got {self.temperature} and {self.top_p}.")
+        get_task(self.task)
+
+
+@dataclass(frozen=True)
 class EncodeResult:
     """What one turn produced. `features` is None when the turn draws no image
     (`draw_mode` "never", or "auto" and the model never emitted <|IC|>)."""
@@ -240,42 +275,32 @@ def encode(
     prompt: str,
     images: Sequence[Image.Image | torch.Tensor] | None = None,
     *,
-    special_token_embeddings: torch.Tensor,
-    chosen_layers: Sequence[int],
-    num_image_tokens: int,
-    task: str = "multimodal_dialogue",
-    draw_mode: str = "always",
-    seed: int = 0,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
+    readout: AdapterReadout,
+    options: TurnOptions = TurnOptions(),
     on_token: TokenCallback | None = None,
     prefix_cache: PrefixCache | None = None,
 ) -> EncodeResult:
     """Run one turn: the user's `prompt` and `images` after `session`.
 
-    max_new_tokens caps the answer and the caption each. temperature 0 is greedy;
-    sampling uses a generator seeded with `seed`, so a seed gives identical outputs.
     When the prompt plus the generation budget exceeds the context, the oldest turns
     are left out (logged, `dropped_turns`). `on_token(step, total)` runs after every
     token and may raise to stop generation before the next forward. With a
     `prefix_cache`, the prompt prefix it holds from earlier turns is reused (only the
     rest is prefilled) and this turn's prompt is kept in it; the outputs are the same.
     """
-    _check_arguments(
-        vlm, special_token_embeddings, chosen_layers, num_image_tokens, draw_mode, max_new_tokens, temperature, top_p
-    )
-    caption_start, image_token = special_token_embeddings.detach().to(vlm.device, vlm.dtype)
-    new_turn = ChatTurn(prompt, tuple(image_to_png(image) for image in images or ()), task=task)
-    answer_budget = 0 if draw_mode == "always" and not get_task(task).answer_first else max_new_tokens
+    _check_readout(vlm, readout)
+    draw_mode, max_new_tokens, num_image_tokens = options.draw_mode, options.max_new_tokens, readout.num_image_tokens
+    caption_start, image_token = readout.special_token_embeddings.detach().to(vlm.device, vlm.dtype)
+    new_turn = ChatTurn(prompt, tuple(image_to_png(image) for image in images or ()), task=options.task)
+    answer_budget = 0 if draw_mode == "always" and not get_task(options.task).answer_first else max_new_tokens
     may_draw = draw_mode != "never"
     reserve = answer_budget + (1 + max_new_tokens + num_image_tokens if may_draw else 0)
     inputs, dropped_turns, prompt_images = _fit_context(vlm, session, new_turn, reserve)
 
     progress = _Progress(on_token, answer_budget + (max_new_tokens + 2 if may_draw else 0))
-    sampler = _Sampler(temperature, top_p, torch.Generator().manual_seed(seed))
+    sampler = _Sampler(options.temperature, options.top_p, torch.Generator().manual_seed(options.seed))
 
-    with torch.no_grad(), _KVDecoder(vlm, chosen_layers) as decoder:
+    with torch.no_grad(), _KVDecoder(vlm, readout.chosen_layers) as decoder:
         shared = dict(decoder=decoder, sampler=sampler, progress=progress, end_ids=vlm.eos_token_ids())
         vlm.reset_generation_state()
         prefill = plan_prefill(vlm, inputs, prompt_images, len(new_turn.images), prefix_cache)
@@ -319,36 +344,21 @@ def encode(
     )
 
 
-def _check_arguments(
-    vlm: LoadedVLM,
-    special_token_embeddings: torch.Tensor,
-    chosen_layers: Sequence[int],
-    num_image_tokens: int,
-    draw_mode: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-) -> None:
-    info = vlm.info
+def _check_readout(vlm: LoadedVLM, readout: AdapterReadout) -> None:
+    info, layers = vlm.info, readout.chosen_layers
     expected = (len(SPECIAL_TOKENS), info.hidden_size)
-    if tuple(special_token_embeddings.shape) != expected:
+    if tuple(readout.special_token_embeddings.shape) != expected:
         raise EncodeError(
             f"special_token_embeddings must be {expected} (rows {SPECIAL_TOKENS}, width of {info.name}), "
-            f"got {tuple(special_token_embeddings.shape)}; is the adapter made for this VLM?"
+            f"got {tuple(readout.special_token_embeddings.shape)}; is the adapter made for this VLM?"
         )
-    if not chosen_layers or any(not -(info.num_layers + 1) <= layer <= info.num_layers for layer in chosen_layers):
+    if not layers or any(not -(info.num_layers + 1) <= layer <= info.num_layers for layer in layers):
         raise EncodeError(
-            f"chosen_layers {list(chosen_layers)} must be non-empty hidden-state indices from "
+            f"chosen_layers {list(layers)} must be non-empty hidden-state indices from "
             f"{-(info.num_layers + 1)} to {info.num_layers} ({info.name} has {info.num_layers} layers)."
         )
-    if draw_mode not in DRAW_MODES:
-        raise EncodeError(f"Unknown draw_mode {draw_mode!r}; choose one of {list(DRAW_MODES)}.")
-    if num_image_tokens < 1 or max_new_tokens < 1:
-        raise EncodeError(
-            f"num_image_tokens ({num_image_tokens}) and max_new_tokens ({max_new_tokens}) must be at least 1."
-        )
-    if not (temperature >= 0 and 0 < top_p <= 1):  # also refuses NaN, which fails every comparison
-        raise EncodeError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature} and {top_p}.")
+    if readout.num_image_tokens < 1:
+        raise EncodeError(f"num_image_tokens must be at least 1, got {readout.num_image_tokens}.")
 
 
 def _fit_context(

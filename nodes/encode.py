@@ -6,7 +6,7 @@ import comfy.utils
 from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from ..m2chat_core.encoder import DRAW_MODES
+from ..m2chat_core.encoder import DRAW_MODES, TurnOptions
 from ..m2chat_core.tasks import TASKS
 from ..m2chat_core.session import ChatSession
 from .images import tensor_to_pil
@@ -57,8 +57,8 @@ class M2ChatEncode(io.ComfyNode):
                 adapter=None, clip=None, session=None, image=None) -> io.NodeOutput:
         prompt = check_prompt(prompt)
         require_conditioning_source(adapter, clip)
-        settings = TurnSettings(task, draw_mode, gate_mode, gate_value, seed, max_new_tokens,
-                                temperature, top_p)
+        settings = TurnSettings(TurnOptions(task, draw_mode, seed, max_new_tokens, temperature, top_p),
+                                gate_mode, gate_value)
         images = tensor_to_pil(image) if image is not None else []
         result, output = run_turn(vlm, adapter, session or ChatSession(), prompt, images, settings,
                                   comfy.utils.ProgressBar(1))

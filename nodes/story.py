@@ -11,6 +11,7 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
+from ..m2chat_core.encoder import TurnOptions
 from ..m2chat_core.prompt import panel_prompt
 from ..m2chat_core.session import ChatSession
 from .inputs import gate_inputs, generation_inputs, model_inputs, size_inputs
@@ -59,8 +60,8 @@ class M2ChatStory(io.ComfyNode):
         progress = comfy.utils.ProgressBar(panels)
         results, outputs = [], []
         for index in range(panels):
-            settings = TurnSettings("storytelling", "always", gate_mode, gate_value, seed + index,
-                                    max_new_tokens, temperature, top_p)
+            options = TurnOptions("storytelling", "always", seed + index, max_new_tokens, temperature, top_p)
+            settings = TurnSettings(options, gate_mode, gate_value)
             result, output = run_turn(vlm, adapter, session, panel_prompt(premise, index, panels),
                                       [], settings)
             session = result.session

@@ -13,7 +13,7 @@ import comfy.utils
 from ..m2chat_core.adapter import M3AdapterOutput
 from ..m2chat_core.adapter_file import check_compatible
 from ..m2chat_core.conditioning import batch_token_sequences, sdxl_conditioning, zero_negative
-from ..m2chat_core.encoder import EncodeResult, encode, text_marker_embeddings
+from ..m2chat_core.encoder import AdapterReadout, EncodeResult, TurnOptions, encode, text_marker_embeddings
 from ..m2chat_core.m3ft_settings import FILE_GATE_MODE
 from ..m2chat_core.session import ChatSession
 from .managed import load_for_use
@@ -26,14 +26,9 @@ class NoConditioningSourceError(ValueError):
 
 @dataclass(frozen=True)
 class TurnSettings:
-    task: str
-    draw_mode: str
+    options: TurnOptions  # how the VLM generates the turn
     gate_mode: str
     gate_value: float
-    seed: int
-    max_new_tokens: int
-    temperature: float
-    top_p: float
 
 
 @dataclass(frozen=True)
@@ -80,11 +75,8 @@ def run_turn(vlm: M2ChatVLM, adapter: M2ChatAdapter | None, session: ChatSession
         if progress is not None:
             progress.update_absolute(step, total)
 
-    result = encode(vlm.loaded, session, prompt, images, special_token_embeddings=special,
-                    chosen_layers=layers, num_image_tokens=image_tokens, task=settings.task,
-                    draw_mode=settings.draw_mode, seed=settings.seed,
-                    max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                    top_p=settings.top_p, on_token=on_token,
+    result = encode(vlm.loaded, session, prompt, images, readout=AdapterReadout(special, tuple(layers), image_tokens),
+                    options=settings.options, on_token=on_token,
                     prefix_cache=vlm.prefix_cache.for_weights(vlm_patcher.patches_uuid))
     vlm.counter.total += result.tokens_processed
     if adapter is None or result.features is None:

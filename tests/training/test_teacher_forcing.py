@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from m2chat_core.encoder import encode
+from m2chat_core.encoder import AdapterReadout, TurnOptions, encode
 from m2chat_core.losses import IGNORE_INDEX, text_loss
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
 from m2chat_core.teacher_forcing import (
@@ -37,10 +37,12 @@ def special():
 @pytest.fixture(scope="module")
 def encoded(vlm, special):
     """Encoder results: a text-to-image turn, and an image-editing turn after a turn with an image."""
-    options = dict(special_token_embeddings=special, chosen_layers=LAYERS, num_image_tokens=K, max_new_tokens=6)
+    options = dict(readout=AdapterReadout(special, tuple(LAYERS), K))
     history = ChatSession((ChatTurn("hello", (image_to_png(Image.new("RGB", (20, 20), (0, 0, 255))),), "hi", "a blue square"),))
-    drawing = encode(vlm, ChatSession(), "Draw a fox", None, task="text_to_image", **options)
-    editing = encode(vlm, history, "Make it red", [Image.new("RGB", (40, 30), (200, 30, 30))], task="image_editing", **options)
+    drawing = encode(vlm, ChatSession(), "Draw a fox", None, options=TurnOptions("text_to_image", max_new_tokens=6),
+                     **options)
+    editing = encode(vlm, history, "Make it red", [Image.new("RGB", (40, 30), (200, 30, 30))],
+                     options=TurnOptions("image_editing", max_new_tokens=6), **options)
     return drawing, editing
 
 

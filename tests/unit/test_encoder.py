@@ -11,7 +11,14 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, LlamaConfig, LlamaForCausalLM
 
 from harness.tiny_qwen import QWEN_FAMILIES, build_tiny_qwen
-from m2chat_core.encoder import ContextLengthError, EncodeError, encode, text_marker_embeddings
+from m2chat_core.encoder import (
+    AdapterReadout,
+    ContextLengthError,
+    EncodeError,
+    TurnOptions,
+    encode,
+    text_marker_embeddings,
+)
 from m2chat_core.prompt import build_prompt
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
 from m2chat_core.teacher_forcing import ForcedTurn, _process_within
@@ -51,9 +58,11 @@ def _red_image() -> Image.Image:
     return Image.new("RGB", (40, 30), (200, 30, 30))
 
 
-def _encode(vlm, special, session=None, prompt="Draw a red fox", images=None, **options):
-    arguments = dict(special_token_embeddings=special, chosen_layers=LAYERS, num_image_tokens=K, max_new_tokens=MAX_NEW)
-    return encode(vlm, session or ChatSession(), prompt, images, **(arguments | options))
+def _encode(vlm, special, session=None, prompt="Draw a red fox", images=None, chosen_layers=LAYERS, on_token=None,
+            **options):
+    readout = AdapterReadout(special, tuple(chosen_layers), K)
+    return encode(vlm, session or ChatSession(), prompt, images, readout=readout,
+                  options=TurnOptions(**({"max_new_tokens": MAX_NEW} | options)), on_token=on_token)
 
 
 class _CallCounter:

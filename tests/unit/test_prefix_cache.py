@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from harness.tiny_qwen import QWEN_FAMILIES, build_tiny_qwen
-from m2chat_core.encoder import encode
+from m2chat_core.encoder import AdapterReadout, TurnOptions, encode
 from m2chat_core.prefix_cache import PrefixCache
 from m2chat_core.prompt import build_prompt
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
@@ -54,9 +54,9 @@ class _Calls:
 def _turns(vlm, special, turns, cache, session=None, task="multimodal_dialogue", max_new_tokens=5, seed=0):
     session, results = session or ChatSession(), []
     for prompt, images in turns:
-        result = encode(vlm, session, prompt, images, special_token_embeddings=special, chosen_layers=LAYERS,
-                        num_image_tokens=K, task=task, max_new_tokens=max_new_tokens, seed=seed,
-                        temperature=0.7, prefix_cache=cache)
+        result = encode(vlm, session, prompt, images, readout=AdapterReadout(special, LAYERS, K),
+                        options=TurnOptions(task=task, max_new_tokens=max_new_tokens, seed=seed, temperature=0.7),
+                        prefix_cache=cache)
         session = result.session
         results.append(result)
     return results

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from m2chat_core.encoder import EncodeResult, encode, text_marker_embeddings
+from m2chat_core.encoder import AdapterReadout, EncodeResult, TurnOptions, encode, text_marker_embeddings
 from m2chat_core.m3ft_settings import FILE_GATE_MODE
 from m2chat_core.session import ChatSession, ChatTurn, image_to_png
 from m2chat_core.vlm import LoadedVLM
@@ -45,22 +45,19 @@ class GenerationCounts:
 
 @dataclass(frozen=True)
 class _VLMReader:
-    """How a VLM system runs the encoder: the special-token rows, the layers read (h_l)
-    and K; without an adapter, as the nodes do: text-marker rows, the last layer, K = 1."""
+    """How a VLM system runs the encoder: the adapter's readout (special-token rows, the
+    layers read (h_l), K); without an adapter, as the nodes do: text-marker rows, the last
+    layer, K = 1."""
 
     vlm: LoadedVLM
-    special_token_embeddings: torch.Tensor
-    chosen_layers: tuple[int, ...]
-    num_image_tokens: int
+    readout: AdapterReadout
 
     def encode(self, item: EvaluationItem, settings: GenerationConfig) -> EncodeResult:
         session = ChatSession(tuple(_chat_turn(turn, item.task) for turn in item.history))
-        return encode(
-            self.vlm, session, item.turn.user_text, _open_images(item.turn.user_images),
-            special_token_embeddings=self.special_token_embeddings, chosen_layers=self.chosen_layers,
-            num_image_tokens=self.num_image_tokens, task=item.task, draw_mode=settings.draw_mode,
-            seed=settings.seed + item.number, max_new_tokens=settings.max_new_tokens,
-        )
+        options = TurnOptions(task=item.task, draw_mode=settings.draw_mode, seed=settings.seed + item.number,
+                              max_new_tokens=settings.max_new_tokens)
+        return encode(self.vlm, session, item.turn.user_text, _open_images(item.turn.user_images),
+                      readout=self.readout, options=options)
 
 
 def _chat_turn(turn: ReferenceTurn, task: str) -> ChatTurn:
@@ -80,12 +77,12 @@ def _vlm_reader(system: str, models: EvaluationModels) -> _VLMReader:
     if system == "m2chat":
         vlm = models.vlm(with_deltas=True)
         adapter_file, adapter = models.adapter()
-        return _VLMReader(
-            vlm, adapter.special_token_embeddings.detach(), adapter_file.config.chosen_layers,
+        return _VLMReader(vlm, AdapterReadout(
+            adapter.special_token_embeddings.detach(), tuple(adapter_file.config.chosen_layers),
             adapter_file.config.num_image_tokens,
-        )
+        ))
     vlm = models.vlm(with_deltas=False)
-    return _VLMReader(vlm, text_marker_embeddings(vlm), (-1,), 1)
+    return _VLMReader(vlm, AdapterReadout(text_marker_embeddings(vlm), (-1,), 1))
 
 
 def generate(config: EvaluateConfig, evaluation_set: EvaluationSet, models: EvaluationModels,
