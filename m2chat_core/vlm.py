@@ -288,6 +288,14 @@ def load_vlm(
     return LoadedVLM(model, processor, info, decoder_layers)
 
 
+def decoder_layer_count(folder: str | Path, *, trust_remote_code: bool = False) -> int:
+    """The language model's decoder layers as the folder's config declares them, read
+    without loading any weights (to check settings before a long load)."""
+    folder = Path(folder)
+    _check_folder(folder)
+    return int(_image_text_to_text_config(folder, trust_remote_code).get_text_config().num_hidden_layers)
+
+
 def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise VLMFolderError(

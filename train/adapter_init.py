@@ -20,16 +20,21 @@ from .sdxl import FrozenEncoders
 
 
 
+def check_chosen_layers(chosen_layers: tuple[int, ...], num_layers: int, vlm_name: str) -> None:
+    """ConfigError unless every chosen layer is a hidden-state index of a VLM with `num_layers` layers."""
+    bad_layers = [layer for layer in chosen_layers if not -(num_layers + 1) <= layer <= num_layers]
+    if bad_layers:
+        raise ConfigError(
+            f"adapter.chosen_layers {bad_layers} are not hidden-state indices of {vlm_name}, which has "
+            f"{num_layers} layers (valid: {-(num_layers + 1)} to {num_layers})."
+        )
+
+
 def new_adapter(settings: AdapterConfig, vlm: LoadedVLM) -> M3Adapter:
     """A float32 adapter for `vlm`; the special-token rows start as the mean embedding of
     each marker's text tokens, the stand-ins the encoder uses without an adapter."""
     info = vlm.info
-    bad_layers = [layer for layer in settings.chosen_layers if not -(info.num_layers + 1) <= layer <= info.num_layers]
-    if bad_layers:
-        raise ConfigError(
-            f"adapter.chosen_layers {bad_layers} are not hidden-state indices of {info.name}, which has "
-            f"{info.num_layers} layers (valid: {-(info.num_layers + 1)} to {info.num_layers})."
-        )
+    check_chosen_layers(settings.chosen_layers, info.num_layers, info.name)
     architecture = {item.name: getattr(settings, item.name) for item in dataclasses.fields(AdapterArchitecture)}
     config = M3AdapterConfig(**architecture, vlm_hidden_size=info.hidden_size,
                              vision_feature_size=info.vision_feature_size, trained_on_vlm=info.name)

@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from m2chat_core.adapter import trainable_parameter_groups
 from m2chat_core.adapter_file import load_adapter_file, save_adapter_file
 from m2chat_core.m3ft_settings import VLM_GROUPS
-from m2chat_core.vlm import load_vlm
+from m2chat_core.vlm import decoder_layer_count, load_vlm
 
-from .adapter_init import adapter_from_file, mean_caption_targets, new_adapter, start_at_mean_target
+from .adapter_init import adapter_from_file, check_chosen_layers, mean_caption_targets, new_adapter, start_at_mean_target
 from .checkpoints import (
     ADAPTER_FILE_NAME,
     CONFIG_FILE_NAME,
@@ -89,6 +89,7 @@ class Trainer:
         self.validation: dict[int, dict[str, float]] = {}
 
     def fit(self) -> FitResult:
+        self.check_against_the_vlm_config()
         self.prepare_accelerator()
         self.load_models()
         self.select_trainable_groups()
@@ -105,6 +106,13 @@ class Trainer:
         return self.finish()
 
     # --- set-up -------------------------------------------------------------------------
+
+    def check_against_the_vlm_config(self) -> None:
+        """Settings only the VLM can judge, read from its config before anything is written or loaded."""
+        if isinstance(self.config, Stage1Config):
+            model = self.config.model
+            layers = decoder_layer_count(model.vlm, trust_remote_code=model.trust_remote_code)
+            check_chosen_layers(self.config.adapter.chosen_layers, layers, Path(model.vlm).name)
 
     def prepare_accelerator(self) -> None:
         engine = self.config.engine

@@ -70,6 +70,7 @@ def test_shipped_configs_use_only_known_fields(name, runner):
         (1, ["--model.vlm", "/no/such/vlm"], "model.vlm"),
         (1, ["--adapter.width", "66"], "adapter.width"),
         (1, ["--adapter.chosen_layers", "[-1, -1]"], "adapter.chosen_layers lists a layer twice"),
+        (1, ["--adapter.chosen_layers", "[-1, 9]"], "adapter.chosen_layers [9] are not hidden-state indices"),
     ],
 )
 def test_invalid_configs_fail_before_any_model_loads(runner, tmp_path, stage, extra, field):
