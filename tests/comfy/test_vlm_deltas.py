@@ -78,7 +78,7 @@ def test_node_patches_lora_with_the_exact_scale_and_matches_the_training_merge(c
     expected = stock_weight + (4 / 2) * up @ down
 
     node_deltas = sys.modules[comfy.node_class("M2ChatEncode").__module__.rsplit(".", 1)[0] + ".vlm_deltas"]
-    patcher = node_deltas.patched_vlm(vlm.patcher, deltas)
+    patcher = node_deltas.patched_vlm(vlm, deltas)
     patcher.patch_model()
     try:
         node_weight = patcher.model.module.get_submodule(Q_PROJ).weight.detach().clone()
