@@ -114,7 +114,7 @@ class M3AdapterOutput:
 
 
 class MultiHeadAttention(nn.Module):
-    """softmax(Q·Kᵀ/√d)·V with Q from `queries`, K and V from `context`."""
+    """softmax(Q·K^T/sqrt d)·V with Q from `queries`, K and V from `context`."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 SDXL_CONTEXT_TOKENS = 77  # tokens of SDXL's text context
-SDXL_CONTEXT_DIM = 2048  # CLIP-L (768) ‖ OpenCLIP-G (1280) penultimate hidden states
+SDXL_CONTEXT_DIM = 2048  # CLIP-L (768) || OpenCLIP-G (1280) penultimate hidden states
 SDXL_POOLED_DIM = 1280  # OpenCLIP-G projected text embedding
 
 Conditioning = list[list[Any]]

@@ -1,6 +1,6 @@
 """One M²Chat turn through the VLM, in one pass over a KV cache (Eq. 1, forced structure):
 
-    prompt -> answer y_res -> <|IC|> -> caption ŷ_cap -> <|img|>×K (one step)
+    prompt -> answer y_res -> <|IC|> -> caption yhat_cap -> <|img|>×K (one step)
 
 and the features the M³Adapter reads (`VLMFeatures`): h_l, the hidden states of the
 chosen layers at the caption and <|img|> positions (t_{cap,img}); e_ans / e_cap, the
@@ -315,7 +315,7 @@ def encode(
         if draws:
             progress.advance()  # <|IC|>
             step = decoder.feed_embeddings(caption_start[None], read_layers=False)
-            caption = _generate_segment(  # ŷ_cap, ended by an end token, <|img|> or the budget
+            caption = _generate_segment(  # yhat_cap, ended by an end token, <|img|> or the budget
                 step=step, budget=max_new_tokens, special_embedding=image_token, special_allowed=True,
                 at_least_one_token=True, read_layers=True, **shared,
             )

@@ -33,7 +33,7 @@ def alignment_loss(
     target_context: torch.Tensor,
     target_pooled: torch.Tensor,
 ) -> torch.Tensor:
-    """Eq. 2: L_align = MSE(h_palign, e_pclip) + 1/77 Σ_k MSE(h_align^(k), e_clip^(k)).
+    """Eq. 2: L_align = MSE(h_palign, e_pclip) + 1/77 sum_k MSE(h_align^(k), e_clip^(k)).
 
     Contexts are (B, 77, 2048), pooled (B, 1280); the targets come from SDXL's own text
     encoders. Each token's MSE averages its 2048 channels, so the token term equals the
@@ -47,8 +47,8 @@ def alignment_loss(
 
 
 def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 5: L_ddpm = E‖ε − ε_θ(x_t, t, h_align, h_palign)‖², the UNet's prediction MSE
-    (the target is ε, or v for a v-prediction UNet: train/objective.py's unet_target)."""
+    """Eq. 5: L_ddpm = E||eps - eps_theta(x_t, t, h_align, h_palign)||², the UNet's prediction MSE
+    (the target is eps, or v for a v-prediction UNet: train/objective.py's unet_target)."""
     _check_same_shape("diffusion_loss", prediction, target)
     return F.mse_loss(prediction.float(), target.float())
 
@@ -82,7 +82,7 @@ def text_loss(
 
 
 def stage1_loss(ddpm: torch.Tensor, align: torch.Tensor, phi: float = 1.0) -> LossBreakdown:
-    """Eq. 6: L = L_ddpm + φ·L_align."""
+    """Eq. 6: L = L_ddpm + phi·L_align."""
     return LossBreakdown(
         total=ddpm + phi * align,
         terms={"ddpm": ddpm.detach(), "align": align.detach()},
@@ -92,7 +92,7 @@ def stage1_loss(ddpm: torch.Tensor, align: torch.Tensor, phi: float = 1.0) -> Lo
 def stage2_loss(
     ddpm: torch.Tensor, align: torch.Tensor, text: torch.Tensor, phi: float = 1.0, lambda_text: float = 1.0
 ) -> LossBreakdown:
-    """Eq. 7: L = L_ddpm + φ·L_align + λ·L_text (lambda_text is λ)."""
+    """Eq. 7: L = L_ddpm + phi·L_align + lambda·L_text (lambda is the config's lambda_text)."""
     return LossBreakdown(
         total=ddpm + phi * align + lambda_text * text,
         terms={"ddpm": ddpm.detach(), "align": align.detach(), "text": text.detach()},

@@ -18,8 +18,8 @@ ADAPTER_GROUPS = ("adapter", "special_tokens")  # the M³Adapter; the new tokens
 GATE_GROUP = "gate"  # the learned gate's M³FT factor a, b
 VLM_GROUPS = ("projector", "llm_norms_biases", "llm_lora")  # the VLM's own weights (stage-2 deltas)
 TRAINABLE_GROUPS = {
-    1: ADAPTER_GROUPS,  # Eq. 6: L = L_ddpm + φ·L_align
-    2: (*ADAPTER_GROUPS, GATE_GROUP, *VLM_GROUPS),  # Eq. 7: L = L_ddpm + φ·L_align + λ·L_text
+    1: ADAPTER_GROUPS,  # Eq. 6: L = L_ddpm + phi·L_align
+    2: (*ADAPTER_GROUPS, GATE_GROUP, *VLM_GROUPS),  # Eq. 7: L = L_ddpm + phi·L_align + lambda·L_text
 }
 DEFAULT_GROUPS = {1: TRAINABLE_GROUPS[1], 2: (*ADAPTER_GROUPS, GATE_GROUP, "projector", "llm_norms_biases")}
 TRAINING_STAGES = tuple(TRAINABLE_GROUPS)

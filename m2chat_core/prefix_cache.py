@@ -1,7 +1,7 @@
 """A bounded cache of the VLM's work on earlier turns: KV entries of processed prompts,
 keyed by their token sequence, and the vision features of images already seen.
 
-A turn's prompt (Eq. 1: the dialogue ŷ so far, then the new user turn) starts with the
+A turn's prompt (Eq. 1: the dialogue yhat so far, then the new user turn) starts with the
 prompts of the turns before it, so a story panel or a chained Encode node finds most of
 its prompt here and prefills only the rest. An entry is keyed by *units*: the token ids,
 with each image placeholder token paired with the digest of the image it stands for (two

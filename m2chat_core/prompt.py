@@ -1,8 +1,8 @@
 """The M²Chat instruction format (Eq. 1):
 
     Instruction: T
-    Input: ŷ                      (the preceding dialogue and the new user turn)
-    Response: y_res <|IC|> ŷ_cap <|img|>×K
+    Input: yhat                      (the preceding dialogue and the new user turn)
+    Response: y_res <|IC|> yhat_cap <|img|>×K
 
 `build_prompt` renders everything up to "Response:" through the VLM's chat template
 (one user message; the assistant's turn starts with "Response:"), so image placeholders
@@ -47,7 +47,7 @@ class FittedPrompt:
 
 
 def format_response(answer: str, caption: str, num_image_tokens: int = 0) -> str:
-    """Response of Eq. 1 as text: `y_res <|IC|> ŷ_cap <|img|>×K` (no caption: the answer)."""
+    """Response of Eq. 1 as text: `y_res <|IC|> yhat_cap <|img|>×K` (no caption: the answer)."""
     if not caption:
         return answer.strip()
     response = " ".join(part for part in (answer.strip(), CAPTION_START, caption.strip()) if part)

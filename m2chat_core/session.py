@@ -1,4 +1,4 @@
-"""An immutable multimodal chat session: the dialogue ŷ that Eq. 1 feeds back as Input.
+"""An immutable multimodal chat session: the dialogue yhat that Eq. 1 feeds back as Input.
 
 Images are kept as RGB PNG bytes and serialised as base64 inside the JSON, so a
 session file is self-contained, and the JSON (keys sorted, no whitespace) is a pure

@@ -3,7 +3,7 @@ forward pass over a padded batch (no generation).
 
 Each sample is the Eq. 1 sequence the encoder builds at inference:
 
-    prompt (Instruction / Input / "Response:") · y_res · <|IC|> · ŷ_cap · <|img|>×K
+    prompt (Instruction / Input / "Response:") · y_res · <|IC|> · yhat_cap · <|img|>×K
 
 with the same conventions as `encoder.py`, so training and inference read the same
 features: the special tokens are fed as embeddings (the adapter's
@@ -61,7 +61,7 @@ class TeacherForcingBatch:
     special_index: (B, S) row of special_token_embeddings fed at each position, or -1.
     feature_positions / feature_mask: (B, T) the caption then <|img|> positions of each
         sample (h_l is read there), padded with position 0 / False.
-    answer_mask / caption_mask: (B, S) bool, the answer (y_res) / caption (ŷ_cap) tokens.
+    answer_mask / caption_mask: (B, S) bool, the answer (y_res) / caption (yhat_cap) tokens.
     labels: (B, S) token ids of the answer and caption tokens, -100 elsewhere; the special
         tokens' targets are added by `teacher_force`, which knows the vocabulary size.
     processor_inputs: the processor's other outputs (pixel values, image sizes...),

@@ -27,7 +27,7 @@ TOOLS=$ROOT/requirements/registry-checks.txt
 COMFY_PYTHON=${COMFY_PYTHON:-$ROOT/.venv/bin/python}
 if [ $# -gt 0 ]; then TREES=("$@"); else
   TREES=("${COMFYUI_PATH:-$ROOT/.comfyui/ComfyUI}" "$ROOT/.comfyui/latest/ComfyUI"); fi
-SYNTAX_NOTE="m2chat_core keeps the paper's symbols in comments (not cp1252) and plain torch.nn layers (it never imports ComfyUI's comfy.ops)"
+SYNTAX_NOTE="m2chat_core builds the adapter from plain torch.nn layers (it never imports ComfyUI's comfy.ops)"
 export DO_NOT_TRACK=1  # comfy-cli and friends send no telemetry
 
 log() { printf '[registry-checks] %s\n' "$*"; }
