@@ -116,13 +116,13 @@ class M3AdapterOutput:
 class MultiHeadAttention(nn.Module):
     """softmax(Q·K^T/sqrt d)·V with Q from `queries`, K and V from `context`."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, operations: Any = nn) -> None:
         super().__init__()
         self.heads = heads
-        self.to_query = nn.Linear(width, width)
-        self.to_key = nn.Linear(width, width)
-        self.to_value = nn.Linear(width, width)
-        self.to_out = nn.Linear(width, width)
+        self.to_query = operations.Linear(width, width)
+        self.to_key = operations.Linear(width, width)
+        self.to_value = operations.Linear(width, width)
+        self.to_out = operations.Linear(width, width)
 
     def forward(
         self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
@@ -144,20 +144,20 @@ class MultiHeadAttention(nn.Module):
 class GatedFusionBlock(nn.Module):
     """Pre-norm residual block: self-attention, gated dual cross-attention (Eq. 3), FFN."""
 
-    def __init__(self, width: int, heads: int, ffn_multiplier: int) -> None:
+    def __init__(self, width: int, heads: int, ffn_multiplier: int, operations: Any = nn) -> None:
         super().__init__()
-        self.self_attention_norm = nn.LayerNorm(width)
-        self.self_attention = MultiHeadAttention(width, heads)
-        self.fusion_norm = nn.LayerNorm(width)
-        self.caption_context_norm = nn.LayerNorm(width)
-        self.caption_attention = MultiHeadAttention(width, heads)  # CA(q, h_l)
-        self.image_context_norm = nn.LayerNorm(width)
-        self.image_attention = MultiHeadAttention(width, heads)  # CA(q, f_img)
-        self.ffn_norm = nn.LayerNorm(width)
+        self.self_attention_norm = operations.LayerNorm(width)
+        self.self_attention = MultiHeadAttention(width, heads, operations)
+        self.fusion_norm = operations.LayerNorm(width)
+        self.caption_context_norm = operations.LayerNorm(width)
+        self.caption_attention = MultiHeadAttention(width, heads, operations)  # CA(q, h_l)
+        self.image_context_norm = operations.LayerNorm(width)
+        self.image_attention = MultiHeadAttention(width, heads, operations)  # CA(q, f_img)
+        self.ffn_norm = operations.LayerNorm(width)
         self.ffn = nn.Sequential(
-            nn.Linear(width, ffn_multiplier * width),
+            operations.Linear(width, ffn_multiplier * width),
             nn.GELU(),
-            nn.Linear(ffn_multiplier * width, width),
+            operations.Linear(ffn_multiplier * width, width),
         )
 
     def forward(
@@ -188,10 +188,10 @@ class MultiLevelMix(nn.Module):
     """h_l: each chosen VLM layer normed and projected to the adapter width, then mixed
     with learned softmax weights (uniform at initialisation)."""
 
-    def __init__(self, num_layers: int, vlm_hidden_size: int, width: int) -> None:
+    def __init__(self, num_layers: int, vlm_hidden_size: int, width: int, operations: Any = nn) -> None:
         super().__init__()
         self.layer_projections = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(vlm_hidden_size), nn.Linear(vlm_hidden_size, width))
+            nn.Sequential(operations.LayerNorm(vlm_hidden_size), operations.Linear(vlm_hidden_size, width))
             for _ in range(num_layers)
         )
         self.mix_logits = nn.Parameter(torch.zeros(num_layers))
@@ -210,24 +210,27 @@ class M3Adapter(nn.Module):
     """M³Adapter; also holds the gate's M³FT factor and the embeddings of the special
     tokens (rows in config.special_tokens order) so the user's VLM folder stays stock."""
 
-    def __init__(self, config: M3AdapterConfig) -> None:
+    def __init__(self, config: M3AdapterConfig, operations: Any = nn) -> None:
+        """`operations`: where the Linear and LayerNorm layers come from, torch.nn by default;
+        the nodes pass ComfyUI's `comfy.ops` layers, which its model management can cast and
+        stream in low-VRAM mode (same parameters, same state-dict keys)."""
         super().__init__()
         self.config = config
         width = config.width
-        self.multi_level_mix = MultiLevelMix(len(config.chosen_layers), config.vlm_hidden_size, width)
+        self.multi_level_mix = MultiLevelMix(len(config.chosen_layers), config.vlm_hidden_size, width, operations)
         self.image_projection = nn.Sequential(
-            nn.LayerNorm(config.vision_feature_size), nn.Linear(config.vision_feature_size, width)
+            operations.LayerNorm(config.vision_feature_size), operations.Linear(config.vision_feature_size, width)
         )
         self.queries = nn.Parameter(torch.randn(SDXL_CONTEXT_TOKENS, width) * 0.02)
         self.blocks = nn.ModuleList(
-            GatedFusionBlock(width, config.heads, config.ffn_multiplier) for _ in range(config.depth)
+            GatedFusionBlock(width, config.heads, config.ffn_multiplier, operations) for _ in range(config.depth)
         )
-        self.output_norm = nn.LayerNorm(width)
-        self.context_projection = nn.Linear(width, SDXL_CONTEXT_DIM)
+        self.output_norm = operations.LayerNorm(width)
+        self.context_projection = operations.Linear(width, SDXL_CONTEXT_DIM)
         self.pool_query = nn.Parameter(torch.randn(1, width) * 0.02)
-        self.pool_attention = MultiHeadAttention(width, config.heads)
-        self.pooled_norm = nn.LayerNorm(width)
-        self.pooled_projection = nn.Linear(width, SDXL_POOLED_DIM)
+        self.pool_attention = MultiHeadAttention(width, config.heads, operations)
+        self.pooled_norm = operations.LayerNorm(width)
+        self.pooled_projection = operations.Linear(width, SDXL_POOLED_DIM)
         self.learned_gate = LearnedGate()
         # Small random rows like a fresh LLM vocabulary entry; training may re-initialise
         # them from the VLM's own embedding statistics.

@@ -166,10 +166,11 @@ class AdapterFile:
     vlm_deltas: VLMDeltas | None = None
     training_config: dict[str, Any] | None = None
 
-    def build_adapter(self) -> M3Adapter:
-        """The M³Adapter with the file's weights, in the file's dtype, on the CPU, in eval mode."""
+    def build_adapter(self, operations: Any = torch.nn) -> M3Adapter:
+        """The M³Adapter with the file's weights, in the file's dtype, on the CPU, in eval
+        mode; its layers from `operations` (see M3Adapter)."""
         with torch.device("meta"):
-            adapter = M3Adapter(self.config)
+            adapter = M3Adapter(self.config, operations)
         adapter.load_state_dict(self.adapter_state, assign=True)
         return adapter.eval()
 

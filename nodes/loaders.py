@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy.ops
 from comfy_api.latest import io
 
 from ..m2chat_core.adapter_file import load_adapter_file
@@ -66,6 +67,6 @@ class M2ChatAdapterLoader(io.ComfyNode):
     @classmethod
     def execute(cls, adapter_name) -> io.NodeOutput:
         adapter_file = load_adapter_file(resolve_adapter_file(adapter_name))
-        module = adapter_file.build_adapter()
+        module = adapter_file.build_adapter(operations=comfy.ops.disable_weight_init)
         patcher = make_patcher(module, hidden_size=adapter_file.config.width, num_layers=0)
         return io.NodeOutput(M2ChatAdapter(adapter_file, module, patcher))

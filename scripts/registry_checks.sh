@@ -5,8 +5,7 @@
 #   validate      `comfy node validate`; what `comfy node publish` would send (dependencies,
 #                 repository, licence); the zip `comfy node pack` builds, file for file
 #                 against scripts/publish_files.py
-#   comfy-test    `comfy-test lint` on the packed pack: its javascript level gates; its syntax
-#                 level is run and reported, not gating (see SYNTAX_NOTE below)
+#   comfy-test    `comfy-test lint` on the packed pack (its syntax and javascript levels)
 #   import-guard  `comfy-import-guard --offline check` on the packed pack against each ComfyUI
 #                 tree, from a local git cache holding each tree as tag v<its version>
 #   comfy-lint    `comfy-lint --strict` on the API form of every shipped workflow, against the
@@ -27,13 +26,12 @@ TOOLS=$ROOT/requirements/registry-checks.txt
 COMFY_PYTHON=${COMFY_PYTHON:-$ROOT/.venv/bin/python}
 if [ $# -gt 0 ]; then TREES=("$@"); else
   TREES=("${COMFYUI_PATH:-$ROOT/.comfyui/ComfyUI}" "$ROOT/.comfyui/latest/ComfyUI"); fi
-SYNTAX_NOTE="m2chat_core builds the adapter from plain torch.nn layers (it never imports ComfyUI's comfy.ops)"
 export DO_NOT_TRACK=1  # comfy-cli and friends send no telemetry
 
 log() { printf '[registry-checks] %s\n' "$*"; }
 SUMMARY=()
 FAILED=()
-record() {  # record NAME STATUS [NOTE]: STATUS is PASS, FAIL, SKIP or REPORTED-FAIL
+record() {  # record NAME STATUS [NOTE]: STATUS is PASS, FAIL or SKIP
   SUMMARY+=("$(printf '%-28s %s' "$1" "$2${3:+  ($3)}")")
   [ "$2" = FAIL ] && FAILED+=("$1")
   return 0
@@ -118,10 +116,7 @@ run_check "publish zip" pack_zip
 
 # --- 2. comfy-test lint ----------------------------------------------------------------
 if [ -f "$PACK/__init__.py" ]; then
-  run_check "comfy-test javascript" "$VENV/bin/comfy-test" lint --check javascript "$PACK"
-  log "== comfy-test syntax (reported, not gating)"
-  if "$VENV/bin/comfy-test" lint --check syntax "$PACK"; then record "comfy-test syntax" PASS
-  else record "comfy-test syntax" REPORTED-FAIL "$SYNTAX_NOTE"; fi
+  run_check "comfy-test lint" "$VENV/bin/comfy-test" lint "$PACK"
 fi
 
 # --- 3. comfy-import-guard, offline, one tag per ComfyUI tree ---------------------------

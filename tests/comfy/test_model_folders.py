@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+import torch
 
 from tiny_graphs import TINY_ADAPTER, TINY_VLM
 
@@ -51,3 +52,28 @@ def test_folder_named_like_an_adapter_file_is_not_listed_and_refused_clearly(com
             comfy.node_class("M2ChatAdapterLoader").execute("not-a-file.safetensors")
     finally:
         folder.rmdir()
+
+
+def test_the_adapter_loader_builds_comfyui_layers_that_compute_what_torch_layers_do(comfy):
+    from comfy.ops import disable_weight_init as comfy_layers
+    from m2chat_core.encoding import VLMFeatures
+
+    adapter = comfy.node_class("M2ChatAdapterLoader").execute(TINY_ADAPTER)[0]
+    layers = [m for m in adapter.module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
+    assert layers and all(isinstance(m, (comfy_layers.Linear, comfy_layers.LayerNorm)) for m in layers)
+    reference = adapter.file.build_adapter()  # torch.nn layers, the file's weights
+    assert not any(isinstance(m, comfy_layers.Linear) for m in reference.modules())
+
+    config, generator = adapter.file.config, torch.Generator().manual_seed(0)
+    features = VLMFeatures(
+        caption_hidden_states=torch.randn(1, len(config.chosen_layers), 5, config.vlm_hidden_size, generator=generator),
+        caption_mask=torch.ones(1, 5, dtype=torch.bool),
+        answer_embedding=torch.randn(1, config.vlm_hidden_size, generator=generator),
+        caption_embedding=torch.randn(1, config.vlm_hidden_size, generator=generator),
+        has_answer=torch.ones(1, dtype=torch.bool),
+        image_features=torch.randn(1, 3, config.vision_feature_size, generator=generator),
+        image_mask=torch.ones(1, 3, dtype=torch.bool),
+    )
+    with torch.inference_mode():
+        ours, theirs = adapter.module(features), reference(features)
+    assert torch.equal(ours.context, theirs.context) and torch.equal(ours.pooled, theirs.pooled)
