@@ -7,13 +7,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from pip_inputs import package_name
 
 REPO = Path(__file__).resolve().parents[2]
 RANGE = re.compile(r"^([A-Za-z0-9._-]+)>=([0-9][^,]*),<=([0-9].*)$")
-
-
-def _normalised(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _lines(path: Path) -> list[str]:
@@ -29,12 +26,12 @@ def test_each_runtime_requirement_has_a_tested_lower_and_upper_bound(requirement
     match = RANGE.match(requirement)
     assert match, f"{requirement!r} must read NAME>=LOWER,<=UPPER"
     name, lower, upper = match.groups()
-    locked = {_normalised(key): value for key, value in LOCKED.items()}
-    assert locked.get(_normalised(name)) == lower, "the locked environment must pin the lower bound"
+    locked = {package_name(key): value for key, value in LOCKED.items()}
+    assert locked.get(package_name(name)) == lower, "the locked environment must pin the lower bound"
     environment = os.environ.get("M2CHAT_TEST_ENV")  # set by scripts/run_tests.sh
     if environment in ("locked", "latest"):
         assert version(name) == {"locked": lower, "latest": upper}[environment]
 
 
 def test_torch_is_left_to_comfyui():
-    assert not any(_normalised(RANGE.match(line).group(1)).startswith("torch") for line in RUNTIME)
+    assert not any(package_name(RANGE.match(line).group(1)).startswith("torch") for line in RUNTIME)
