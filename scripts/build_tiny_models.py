@@ -4,7 +4,6 @@
 
 Seeded random weights in the formats users have (no model hub is reachable here):
   diffusion_models/m2chat-tiny-sdxl.safetensors   tiny SDXL UNet (native UNETLoader)
-  vae_approx/taesdxl_{encoder,decoder}.safetensors TAESD-format VAE (native VAELoader)
   LLM/m2chat-tiny-llava/                          tiny LLaVA-1.5-style VLM folder
   m2chat/m2chat-tiny-adapter.safetensors          untrained M³Adapter sized for that VLM
 ComfyUI must be importable: COMFYUI_PATH, or the set-up script's .comfyui/ComfyUI.

@@ -5,7 +5,6 @@ own `main.py` serving it on 127.0.0.1, started and stopped by its PID."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -17,7 +16,10 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI")
+sys.path.insert(0, str(REPO))
+from train.world.comfyui import COMFYUI_PATH  # noqa: E402 - the one definition
+from train.world.layout import SHIPPED  # noqa: E402
+
 PACK_NAME = "m2chat"  # the folder name ComfyUI imports the pack under
 # Seconds before a subprocess, server start or queued graph counts as hung: far above the
 # slowest case on a loaded 2-core machine (minutes), since a slow machine is not a failure.
@@ -25,8 +27,8 @@ HUNG_AFTER_S = 3600.0
 
 
 def prepare_base_directory(base: Path) -> Path:
-    """custom_nodes/ with links to this pack and the tiny-SDXL extension, models/ with
-    the tiny models, user/ for ComfyUI's database."""
+    """custom_nodes/ with links to this pack and the tiny-SDXL extension, models/ with the
+    tiny random models and the shapes world's trained ones, user/ for ComfyUI's database."""
     custom_nodes = base / "custom_nodes"
     custom_nodes.mkdir(parents=True, exist_ok=True)
     (base / "user").mkdir(exist_ok=True)
@@ -36,6 +38,7 @@ def prepare_base_directory(base: Path) -> Path:
             link.symlink_to(target, target_is_directory=True)
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_models.py"), str(base / "models")],
                    check=True, capture_output=True, text=True)
+    SHIPPED.install(base / "models")
     return base
 
 

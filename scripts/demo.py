@@ -1,10 +1,11 @@
-"""The main job on the embedded tiny models: `make demo`.
+"""The main job: `make demo`, on the shapes world's trained models.
 
-Starts ComfyUI headless with this pack and runs workflows/storytelling.json, the file
-users drag into ComfyUI, converted to API format with only its model names swapped for
-the tiny models. Copies the panels and the storyboard page into demo-output/, writes the
-story to demo-output/story.txt, prints their paths, stops the server. Tiny random models
-draw noise: the point is that every piece runs for real.
+Starts ComfyUI headless with this pack and runs two of the shared workflows, the files
+users drag into ComfyUI, converted to API format and pointed at the world's models
+(scripts/world_graphs.py): workflows/storytelling.json with a world premise, and
+workflows/text_to_image.json with a world request. Copies the panels, the storyboard page
+and the picture into demo-output/, writes the story and the text-to-image answer and
+caption to demo-output/story.txt and text_to_image.txt, prints their paths, stops the server.
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ import sys
 from pathlib import Path
 
 from comfyui_env import REPO, ComfyServer, prepare_base_directory
-from tiny_graphs import swap_to_tiny_models
 from workflow_api import ui_to_api
+from world_graphs import world_workflow
 
 OUTPUT = REPO / "demo-output"
-WORKFLOW = REPO / "workflows" / "storytelling.json"
+RUNS = {  # workflow -> (the world text it runs with, the text file its words go to)
+    "storytelling": ("a story about a yellow star", "story.txt"),
+    "text_to_image": ("draw a large blue circle at the top right on a white background", "text_to_image.txt"),
+}
+
+
+def _texts(prompt: dict, entry: dict) -> str:
+    """The story (M2ChatStory's text) or the caption (shown by PreviewAny)."""
+    lines = [line for node_id, node in prompt.items() if node["class_type"] in ("M2ChatStory", "PreviewAny")
+             for line in entry["outputs"].get(node_id, {}).get("text", [])]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -27,30 +38,30 @@ def main() -> int:
     base = prepare_base_directory(OUTPUT / "comfyui")
     print(f"Starting ComfyUI (base directory {base}) ...", flush=True)
     server = ComfyServer(base)
+    written = []
     try:
         print(f"ComfyUI is up at {server.url} (it stops when the demo ends).", flush=True)
-        prompt = swap_to_tiny_models(ui_to_api(json.loads(WORKFLOW.read_text()), server.get("/object_info")))
-        print(f"Running {WORKFLOW.relative_to(REPO)} at its own settings (four 1024x1024 panels, "
-              "25 steps): a few minutes on a CPU ...", flush=True)
-        entry = server.wait(server.queue(prompt))
-        if entry["status"]["status_str"] != "success":
-            print(f"The demo workflow failed: {entry['status']}\nServer log: {server.log_path}")
-            return 1
-        written = [Path(shutil.copy2(server.output_file(image), OUTPUT))
-                   for node_output in entry["outputs"].values() for image in node_output.get("images", [])]
-        story_node = next(node_id for node_id, node in prompt.items() if node["class_type"] == "M2ChatStory")
-        story = OUTPUT / "story.txt"
-        story.write_text(entry["outputs"][story_node]["text"][0] + "\n", encoding="utf-8")
-        written.append(story)
+        for name, (text, text_file) in RUNS.items():
+            workflow = REPO / "workflows" / f"{name}.json"
+            prompt = world_workflow(ui_to_api(json.loads(workflow.read_text()), server.get("/object_info")), text)
+            print(f"Running {workflow.relative_to(REPO)} on the shapes world: {text!r} ...", flush=True)
+            entry = server.wait(server.queue(prompt))
+            if entry["status"]["status_str"] != "success":
+                print(f"The demo workflow {name} failed: {entry['status']}\nServer log: {server.log_path}")
+                return 1
+            written += [Path(shutil.copy2(server.output_file(image), OUTPUT))
+                        for node_output in entry["outputs"].values() for image in node_output.get("images", [])]
+            (OUTPUT / text_file).write_text(_texts(prompt, entry), encoding="utf-8")
+            written.append(OUTPUT / text_file)
     finally:
         server.stop()
     print("\nWritten:")
     for path in sorted(written):
         print(f"  {path}")
     print(f"\nServer log: {server.log_path}\n"
-          "These come from tiny models with random weights, so the pictures are noise and the\n"
-          "story is gibberish. For real ones, install the pack into your ComfyUI and load the\n"
-          "workflows in workflows/ with real models (README.md, 'Where the models go').")
+          "These come from the shapes world's small trained models (train/world/weights): the\n"
+          "pictures show what the story and the request name. For your own pictures, install the\n"
+          "pack into your ComfyUI and load workflows/ with real models (README.md, 'Where the models go').")
     return 0
 
 

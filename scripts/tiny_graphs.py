@@ -12,12 +12,12 @@ PACK_NODE_IDS = frozenset({"M2ChatVLMLoader", "M2ChatAdapterLoader", "M2ChatEnco
 
 def native_sdxl_graph(positive: list, negative: list, *, width: int = 64, height: int = 64,
                       batch_size: int = 1, seed: int = 0, steps: int = 2,
-                      filename_prefix: str = "m2chat-test") -> dict:
+                      filename_prefix: str = "m2chat-test", unet_name: str = TINY_UNET) -> dict:
     """UNETLoader -> KSampler -> VAEDecode (taesdxl) -> SaveImage, conditioning wired in
     from the links `positive` and `negative` (["node_id", output_index])."""
     return {
         "unet": {"class_type": "UNETLoader",
-                 "inputs": {"unet_name": TINY_UNET, "weight_dtype": "default"}},
+                 "inputs": {"unet_name": unet_name, "weight_dtype": "default"}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}},
         "latent": {"class_type": "EmptyLatentImage",
                    "inputs": {"width": width, "height": height, "batch_size": batch_size}},
@@ -119,9 +119,14 @@ def small_run_inputs(size: int = 64, steps: int = 2, max_new_tokens: int = 4) ->
             "M2ChatEncode": turn, "M2ChatStory": turn, "LoadImage": {"image": TINY_INPUT_IMAGE}}
 
 
+def copy_prompt(api_prompt: dict) -> dict:
+    """A copy of an API prompt whose nodes' inputs can be changed without touching it."""
+    return {node_id: {**node, "inputs": dict(node["inputs"])} for node_id, node in api_prompt.items()}
+
+
 def set_inputs(api_prompt: dict, values_by_type: dict[str, dict]) -> dict:
     """A copy of an API prompt with these input values on every node of these types."""
-    prompt = {node_id: {**node, "inputs": dict(node["inputs"])} for node_id, node in api_prompt.items()}
+    prompt = copy_prompt(api_prompt)
     for node in prompt.values():
         node["inputs"].update(values_by_type.get(node["class_type"], {}))
     return prompt
@@ -129,7 +134,13 @@ def set_inputs(api_prompt: dict, values_by_type: dict[str, dict]) -> dict:
 
 def swap_to_tiny_models(api_prompt: dict) -> dict:
     """A copy of an API prompt that loads the tiny models instead of the ones it names."""
-    prompt = set_inputs(api_prompt, TINY_FILE_INPUTS)
+    return swap_checkpoints(set_inputs(api_prompt, TINY_FILE_INPUTS), TINY_CHECKPOINT_PARTS)
+
+
+def swap_checkpoints(api_prompt: dict, parts: list[tuple[str, dict]]) -> dict:
+    """A copy of an API prompt whose CheckpointLoaderSimple nodes are replaced by one native
+    loader per output (MODEL, CLIP, VAE): `parts`, as (class_type, inputs) in output order."""
+    prompt = copy_prompt(api_prompt)
     checkpoints = [node_id for node_id, node in prompt.items() if node["class_type"] == "CheckpointLoaderSimple"]
     for checkpoint in checkpoints:
         del prompt[checkpoint]
@@ -137,7 +148,7 @@ def swap_to_tiny_models(api_prompt: dict) -> dict:
             for name, value in node["inputs"].items():
                 if isinstance(value, list) and value[0] == checkpoint:
                     part = f"{checkpoint}.{value[1]}"
-                    class_type, inputs = TINY_CHECKPOINT_PARTS[value[1]]
+                    class_type, inputs = parts[value[1]]
                     prompt[part] = {"class_type": class_type, "inputs": dict(inputs)}
                     node["inputs"][name] = [part, 0]
     return prompt

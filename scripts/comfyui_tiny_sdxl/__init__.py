@@ -1,28 +1,38 @@
-"""Test and demo-only ComfyUI extension: teaches ComfyUI's model detection a tiny SDXL.
+"""Test and demo-only ComfyUI extension: teaches ComfyUI's model detection the tiny SDXL
+UNets and gives native graphs the world's SDXL text encoders.
 
-ComfyUI recognises SDXL UNets by their real sizes only. This extension registers a
-subclass of `comfy.supported_models.SDXL` whose `unet_config` matches the tiny UNet that
-`builder.build_tiny_comfyui_models` writes, so the native UNETLoader loads it as SDXL
+ComfyUI recognises SDXL UNets by their real sizes only. This extension registers
+subclasses of `comfy.supported_models.SDXL` whose `unet_config` matches the tiny UNet that
+`builder.build_tiny_comfyui_models` writes (random weights, for tests) and the shapes
+world's trained UNet (train/world/sdxl.py), so the native UNETLoader loads them as SDXL
 (SDXL conditioning, 2816-wide ADM input, 4-channel SDXL latents). It lives outside the
 pack's `nodes/` because users never need it.
 """
 
-import torch
+import sys
+from pathlib import Path
 
 import comfy.model_management
 import comfy.supported_models
+import torch
 
 from .builder import TINY_UNET_CONFIG
 
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository, for train.world
+from train.world.sdxl import DETECTION_KEYS, WORLD_UNET_CONFIG, build_text_encoders  # noqa: E402
+
 
 class TinySDXL(comfy.supported_models.SDXL):
-    unet_config = {key: TINY_UNET_CONFIG[key] for key in
-                   ("model_channels", "transformer_depth", "context_dim", "adm_in_channels",
-                    "use_linear_in_transformer", "use_temporal_attention")}
+    unet_config = {key: TINY_UNET_CONFIG[key] for key in DETECTION_KEYS}
 
 
-if TinySDXL not in comfy.supported_models.models:
-    comfy.supported_models.models.insert(0, TinySDXL)
+class WorldSDXL(comfy.supported_models.SDXL):
+    unet_config = {key: WORLD_UNET_CONFIG[key] for key in DETECTION_KEYS}
+
+
+for model_class in (TinySDXL, WorldSDXL):
+    if model_class not in comfy.supported_models.models:
+        comfy.supported_models.models.insert(0, model_class)
 
 class TinySDXLConditioning:
     """Seeded random SDXL conditioning (77x2048 + pooled 1280), for native graphs in
@@ -45,7 +55,8 @@ class TinySDXLConditioning:
 
 
 class TinySDXLCLIPLoader:
-    """A native SDXL CLIP object with tiny seeded weights (see clip.py)."""
+    """The shapes world's SDXL text encoders: a native SDXL CLIP object, tiny and seeded
+    (train/world/sdxl.py); seed 0 is the one the world's UNet was trained with."""
 
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "load"
@@ -56,9 +67,7 @@ class TinySDXLCLIPLoader:
         return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
 
     def load(self, seed):
-        from .clip import build_tiny_sdxl_clip
-
-        return (build_tiny_sdxl_clip(seed),)
+        return (build_text_encoders(seed),)
 
 
 NODE_CLASS_MAPPINGS = {"TinySDXLConditioning": TinySDXLConditioning,

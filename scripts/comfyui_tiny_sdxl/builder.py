@@ -1,8 +1,8 @@
-"""Builds the tiny SDXL UNet and TAESD-format VAE that ComfyUI's native loaders read.
+"""Builds the tiny random SDXL UNet that ComfyUI's native UNETLoader reads (tests that need
+a UNet with exactly seeded weights; the shapes world's trained UNet is the other one).
 
-Built with ComfyUI's own layer classes, so the files have exactly the key layout of real
-SDXL files: `models/diffusion_models/<name>` (UNETLoader) and
-`models/vae_approx/taesdxl_{encoder,decoder}.safetensors` (VAELoader's "taesdxl").
+Built with ComfyUI's own layer classes, so the file has exactly the key layout of real
+SDXL files: `models/diffusion_models/<name>`.
 ComfyUI's layers skip weight initialisation, so every tensor is filled here, seeded:
 weights randn/sqrt(fan_in), norm weights 1, biases 0. Same seed, byte-identical files.
 """
@@ -12,12 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 import comfy.ops
+import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-from comfy.taesd.taesd import Decoder, Encoder
+from safetensors.torch import save_file
 
 TINY_UNET_NAME = "m2chat-tiny-sdxl.safetensors"
 # The smallest UNet that keeps SDXL's contracts: 2048-wide cross-attention context,
@@ -50,19 +48,10 @@ def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Ten
 
 
 def build_tiny_comfyui_models(models_dir: str | Path, *, seed: int = 0) -> dict[str, Path]:
-    """Write the tiny UNet and taesdxl encoder/decoder under a ComfyUI models folder."""
-    models_dir = Path(models_dir)
+    """Write the tiny UNet under a ComfyUI models folder."""
     with torch.device("meta"):
         unet = UNetModel(**TINY_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
-        encoder, decoder = Encoder(latent_channels=4), Decoder(latent_channels=4)
-    written = {
-        "unet": models_dir / "diffusion_models" / TINY_UNET_NAME,
-        "taesdxl_encoder": models_dir / "vae_approx" / "taesdxl_encoder.safetensors",
-        "taesdxl_decoder": models_dir / "vae_approx" / "taesdxl_decoder.safetensors",
-    }
-    for offset, (key, module) in enumerate(
-            (("unet", unet), ("taesdxl_encoder", encoder), ("taesdxl_decoder", decoder))):
-        path = written[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(seeded_state_dict(module, seed + offset), str(path))
-    return written
+    path = Path(models_dir) / "diffusion_models" / TINY_UNET_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(seeded_state_dict(unet, seed), str(path))
+    return {"unet": path}

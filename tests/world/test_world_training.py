@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from train.config import ConfigError
 from train.world.__main__ import main
 from train.world.config import JudgeConfig, VaeConfig
+from train.world.layout import JUDGE_FILE
 from train.world.loop import CHECKPOINT_NAME, CURVE_NAME, ResumeError
 from train.world.taesd import DECODER_FILE, ENCODER_FILE, load_taesd
-from train.world.training import JUDGE_FILE, train_judge, train_vae
+from train.world.training import train_judge, train_vae
 
 TINY_JUDGE = dict(width=16, batch_size=4, steps=4, warmup_steps=1, checkpoint_every=2, evaluate_every=2,
                   eval_images=4)

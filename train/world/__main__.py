@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,measure} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,unet,measure,build} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from pathlib import Path
 from ..cli import EXIT_CONFIG_ERROR, configure_logging
 from ..config import ConfigError
 from ..config_loading import coerce
-from .config import DataConfig, JudgeConfig, MeasureConfig, VaeConfig
+from .comfyui import ComfyUIMissingError
+from .config import BuildConfig, DataConfig, JudgeConfig, MeasureConfig, UnetConfig, VaeConfig
 from .loop import ResumeError
 
-COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "measure": MeasureConfig}
+COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "measure": MeasureConfig,
+            "build": BuildConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     try:
         run(config)
-    except ResumeError as error:
+    except (ResumeError, ComfyUIMissingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return 0
@@ -66,6 +68,12 @@ def run(config) -> None:
     elif isinstance(config, VaeConfig):
         from .training import train_vae
         train_vae(config)
+    elif isinstance(config, UnetConfig):
+        from .unet_training import train_unet
+        train_unet(config)
+    elif isinstance(config, BuildConfig):
+        from .build import build
+        build(config)
     else:
         from .measure import measure
         measure(config)

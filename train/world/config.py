@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from .layout import SHIPPED
 from .loop import LoopSettings
-
-WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -94,11 +93,42 @@ class VaeConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
+class UnetConfig(TrainingConfig):
+    """Train the world's SDXL UNet (epsilon-prediction) on the world VAE's latents into --out."""
+
+    vae: str = str(SHIPPED.vae)  # a folder with the taesdxl files
+    judge: str = str(SHIPPED.judge)  # scores the evaluation's pictures ("" = no scoring)
+    steps: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    evaluate_every: int = 250
+    checkpoint_every: int = 250
+    pool_scenes: int = 4096  # train-split scenes whose latents and contexts are computed once
+    uncond_probability: float = 0.1  # captions dropped for classifier-free guidance
+    eval_prompts: int = 32  # held-out prompts drawn and judged at each evaluation
+    eval_steps: int = 20
+    guidance: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(Path(self.vae).is_dir(), "vae",
+               f"{self.vae} is not a folder; train one with `python -m train.world vae`.")
+        _check(not self.judge or Path(self.judge).is_file(), "judge",
+               f"{self.judge} is not a file; train one with `python -m train.world judge` or pass --judge ''.")
+        for name in ("pool_scenes", "eval_prompts", "eval_steps"):
+            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(0 <= self.uncond_probability < 1, "uncond_probability",
+               f"must be in [0, 1), got {self.uncond_probability}.")
+        _check(self.guidance >= 1, "guidance", f"must be 1 or more, got {self.guidance}.")
+
+
+@dataclass(frozen=True)
 class MeasureConfig:
     """Measure the judge (and, with --vae, what survives the VAE) on fresh images; write JSON to --out."""
 
     out: str
-    judge: str = str(WEIGHTS / "judge.safetensors")
+    judge: str = str(SHIPPED.judge)
     vae: str = ""  # a folder with the taesdxl files, or a VAE run folder (its snapshots are measured too)
     images: int = 256  # per split
     seed: int = 1  # the fresh images' stream (training draws from other streams)
@@ -108,3 +138,21 @@ class MeasureConfig:
                f"{self.judge} is not a file; train one with `python -m train.world judge` or pass --judge.")
         _check(not self.vae or Path(self.vae).is_dir(), "vae", f"{self.vae} is not a folder.")
         _check(self.images >= 1, "images", f"must be at least 1, got {self.images}.")
+
+
+SCHEDULE_NAMES = ("full", "short")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Rebuild every world model from scratch into --out (resumable), gather them in --weights."""
+
+    out: str
+    schedule: str = "full"  # "short": the same stages for a few steps each (CI)
+    seed: int = 0
+    weights: str = ""  # where the gathered weights go (default <out>/weights; the shipped ones: train/world/weights)
+
+    def __post_init__(self) -> None:
+        _check(self.schedule in SCHEDULE_NAMES, "schedule", f"must be one of {SCHEDULE_NAMES}, got {self.schedule!r}.")
+        out = Path(self.out)
+        _check(not out.exists() or out.is_dir(), "out", f"{out} exists and is not a folder; choose a folder.")

@@ -21,6 +21,7 @@ CELL_CLASSES = ("empty", *SHAPES)
 _COLOUR_NAMES, _SIZE_NAMES, _BACKGROUND_NAMES = list(COLOURS), list(SIZES), list(BACKGROUNDS)
 _HEAD_WIDTHS = (len(CELL_CLASSES), len(COLOURS), len(SIZES))
 ATTRIBUTES = ("position", "shape", "colour", "size", "background")
+SCORES = (*ATTRIBUTES, "colour_and_shape")  # colour_and_shape: both right on the same object
 
 
 class Judge(nn.Module):
@@ -102,9 +103,11 @@ def compare(seen: Scene, truth: Scene) -> dict[str, float]:
     def fraction(attribute: str) -> float:
         return sum(o.cell in read and getattr(read[o.cell], attribute) == getattr(o, attribute)
                    for o in objects) / len(objects)
+    colour_and_shape = sum(o.cell in read and read[o.cell].pair == o.pair for o in objects) / len(objects)
     return {
         "position": float({o.cell for o in seen.objects} == {o.cell for o in objects}),
         "shape": fraction("shape"), "colour": fraction("colour"), "size": fraction("size"),
+        "colour_and_shape": colour_and_shape,
         "background": float(seen.background == truth.background),
     }
 
@@ -112,7 +115,7 @@ def compare(seen: Scene, truth: Scene) -> dict[str, float]:
 def accuracy(judge: Judge, images: torch.Tensor, truths: list[Scene]) -> dict[str, float]:
     """Mean per-attribute agreement over a batch, plus `all` (every attribute right)."""
     scores = [compare(seen, truth) for seen, truth in zip(read_scenes(judge, images), truths)]
-    means = {name: float(np.mean([score[name] for score in scores])) for name in ATTRIBUTES}
+    means = {name: float(np.mean([score[name] for score in scores])) for name in SCORES}
     means["all"] = float(np.mean([all(value == 1.0 for value in score.values()) for score in scores]))
     return means
 

@@ -17,6 +17,7 @@ from . import judge as judging
 from .config import JudgeConfig, VaeConfig
 from .files import atomic_path
 from .judge import Judge
+from .layout import JUDGE_FILE
 from .loop import train
 from .render import render
 from .scenes import ANY, Scene, random_scene
@@ -25,7 +26,6 @@ from .vocabulary import BACKGROUNDS, IMAGE_SIZE, SIZES, cell_centre
 
 logger = logging.getLogger(__name__)
 
-JUDGE_FILE = "judge.safetensors"
 SNAPSHOTS = "snapshots"  # the VAE at every evaluation, for the judged learning curve
 
 

@@ -1,0 +1,63 @@
+"""The shapes world's shipped SDXL parts load through ComfyUI's native loaders and compute
+there exactly what train/world trained: the UNet (detected as SDXL), the taesdxl VAE
+(identity blocks included), the text encoders, and SDXL's size conditioning."""
+
+from __future__ import annotations
+
+import torch
+
+from train.world.layout import SHIPPED
+from train.world.sdxl import alphas_cumprod, build_text_encoders, encode_captions, load_unet, size_vector
+from train.world.taesd import load_taesd
+
+SDXL_SCALE = 0.13025  # ComfyUI's vae_scale for "taesdxl" and SDXL's latent scale factor
+CAPTIONS = ["a small red star at the top left on a grey background",
+            "a large blue circle in the middle and a small green cross at the bottom on a white background", ""]
+
+
+def test_native_vae_loader_reads_the_world_vae_and_matches_it(comfy):
+    loader = comfy.node_class("VAELoader")
+    assert "taesdxl" in loader.vae_list(loader)
+    vae = loader().load_vae("taesdxl")[0]
+    world_vae = load_taesd(SHIPPED.vae)
+    pixels = torch.rand(2, 64, 64, 3)
+    with torch.no_grad():
+        latent = vae.encode(pixels)  # ComfyUI's latent space (divided by the scale)
+        decoded = vae.decode(latent)
+        expected_latent = world_vae.encoder(pixels.permute(0, 3, 1, 2)) / SDXL_SCALE
+        expected_pixels = world_vae.decoder(latent.float() * SDXL_SCALE).clamp(0, 1).permute(0, 2, 3, 1)
+    assert latent.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(latent.float(), expected_latent, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(decoded.reshape(expected_pixels.shape).float(), expected_pixels, atol=1e-3, rtol=0)
+
+
+def test_native_unet_loader_reads_the_world_unet_as_sdxl_and_matches_it(comfy):
+    import comfy.model_base
+
+    patcher, = comfy.node_class("UNETLoader")().load_unet(SHIPPED.unet.name, "default")
+    model = patcher.model
+    assert isinstance(model, comfy.model_base.SDXL) and type(model.model_config).__name__ == "WorldSDXL"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=generator)
+    context = torch.randn(2, 77, 2048, generator=generator)
+    pooled = torch.randn(2, 1280, generator=generator)
+    timesteps = torch.tensor([10, 700])
+    y = model.encode_adm(pooled_output=pooled, width=128, height=128)  # what KSampler feeds it
+    torch.testing.assert_close(y, torch.cat([pooled, size_vector(2, 128)], dim=1))
+    with torch.no_grad():
+        native = model.diffusion_model(x, timesteps, context=context, y=y).float()
+        trained = load_unet(SHIPPED.unet)(x, timesteps, context=context, y=y)
+    torch.testing.assert_close(native, trained, atol=1e-4, rtol=1e-4)
+    sigmas = model.model_sampling.sigmas.float()  # ComfyUI's schedule: sigma^2 = (1 - a) / a
+    alphas = alphas_cumprod()
+    torch.testing.assert_close(sigmas, ((1 - alphas) / alphas).sqrt(), atol=1e-4, rtol=1e-4)
+
+
+def test_text_encoders_match_clip_text_encode(comfy):
+    clip, = comfy.node_class("TinySDXLCLIPLoader")().load(seed=0)
+    contexts, pooled = encode_captions(build_text_encoders(0), CAPTIONS)
+    for index, text in enumerate(CAPTIONS):
+        (context, extra), = comfy.node_class("CLIPTextEncode")().encode(clip, text)[0]
+        torch.testing.assert_close(context[0], contexts[index])
+        torch.testing.assert_close(extra["pooled_output"][0], pooled[index])
+    assert (contexts[0] - contexts[1]).abs().amax() > 1  # different captions, different contexts

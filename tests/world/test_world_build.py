@@ -1,0 +1,70 @@
+"""`python -m train.world build`: the short schedule runs every stage of the real rebuild,
+gathers loadable weights in the shipped layout, and a rerun resumes instead of retraining."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train.world.__main__ import main
+from train.world.comfyui import REPO
+from train.world.layout import TRAINING_FIGURES, WeightsLayout
+from train.world.sdxl import load_unet
+from train.world.taesd import load_taesd
+from train.world.training import load_judge
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world-build")
+    assert main(["build", "--out", str(out), "--schedule", "short"]) == 0
+    return out
+
+
+def test_short_build_gathers_every_model_in_the_shipped_layout(built):
+    weights = WeightsLayout(built / "weights")
+    judge, vae, unet = load_judge(weights.judge), load_taesd(weights.vae), load_unet(weights.unet)
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        latent = vae.encoder(image)
+        assert latent.shape == (1, 4, 16, 16)
+        assert judge(image)[0].shape == (1, 9, 15)
+        y = torch.zeros(1, 2816)
+        assert unet(latent, torch.tensor([500]), context=torch.zeros(1, 77, 2048), y=y).shape == latent.shape
+    figures = json.loads((weights.root / TRAINING_FIGURES).read_text())
+    assert [figures[stage]["step"] for stage in ("judge", "vae", "unet")] == [6, 4, 4]
+    assert "heldout_colour_and_shape" in figures["unet"]  # the UNet's pictures were judged
+    log = (built / "build.log").read_text()
+    assert all(f"Stage {stage}: finished" in log for stage in ("judge", "vae", "unet"))
+
+
+def test_a_rerun_resumes_from_the_finished_runs(built):
+    unet_bytes = WeightsLayout(built / "weights").unet.read_bytes()
+    (built / "unet" / WeightsLayout(built).unet.name).unlink()  # as if killed before the UNet was saved
+    assert main(["build", "--out", str(built), "--schedule", "short"]) == 0
+    log = (built / "build.log").read_text()
+    assert "Stage judge: already finished" in log and "Stage vae: already finished" in log
+    assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
+    assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, field", [(["--schedule", "weekly"], "schedule")])
+def test_a_bad_build_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
+    out = tmp_path / "run"
+    assert main(["build", "--out", str(out), *flags]) == 2
+    assert field in capsys.readouterr().err and not out.exists()
+
+
+def test_unet_training_without_comfyui_says_where_to_get_it(tmp_path):
+    environment = {**os.environ, "COMFYUI_PATH": str(tmp_path / "no-comfyui")}
+    (tmp_path / "vae").mkdir()
+    result = subprocess.run([sys.executable, "-m", "train.world", "unet", "--out", str(tmp_path / "run"),
+                             "--vae", str(tmp_path / "vae"), "--judge", ""],
+                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 2, result.stderr
+    assert "COMFYUI_PATH" in result.stderr and "Traceback" not in result.stderr

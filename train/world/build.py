@@ -1,0 +1,94 @@
+"""`python -m train.world build`: the whole world from scratch, in one resumable command.
+
+Stages, each a training run in its own folder under --out (a killed build resumes each
+run from its last checkpoint; a finished stage is kept): the judge, the VAE, the UNet on
+the VAE's latents (scored by the judge during training). Then the weights are gathered
+into --weights (default <out>/weights) in the shipped layout (layout.py), with each
+stage's last figures. The "short" schedule runs the same code for a few steps each (CI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import BuildConfig, JudgeConfig, UnetConfig, VaeConfig
+from .files import atomic_path
+from .layout import JUDGE_FILE, TRAINING_FIGURES, WeightsLayout
+from .sdxl import UNET_FILE
+from .taesd import DECODER_FILE, ENCODER_FILE
+
+logger = logging.getLogger(__name__)
+
+# Each stage's settings over its config's defaults (the full schedule is the defaults).
+SCHEDULES: dict[str, dict[str, dict]] = {
+    "full": {"judge": {}, "vae": {}, "unet": {}},
+    "short": {
+        "judge": {"steps": 6, "batch_size": 4, "width": 16, "evaluate_every": 6, "checkpoint_every": 6,
+                  "eval_images": 8, "warmup_steps": 1},
+        "vae": {"steps": 4, "batch_size": 2, "evaluate_every": 4, "checkpoint_every": 4, "eval_images": 4,
+                "warmup_steps": 1},
+        "unet": {"steps": 4, "batch_size": 4, "pool_scenes": 16, "evaluate_every": 4, "checkpoint_every": 4,
+                 "eval_prompts": 2, "eval_steps": 2, "warmup_steps": 1},
+    },
+}
+
+
+def build(config: BuildConfig) -> Path:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "build.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("train.world").addHandler(handler)
+    try:
+        _train_stages(out, config.seed, SCHEDULES[config.schedule])
+        return gather(out, Path(config.weights or out / "weights"))
+    finally:
+        logging.getLogger("train.world").removeHandler(handler)
+        handler.close()
+
+
+def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
+    from .training import train_judge, train_vae
+    from .unet_training import train_unet
+
+    judge = JudgeConfig(out=str(out / "judge"), seed=seed, **schedule["judge"])
+    _stage("judge", out / "judge" / JUDGE_FILE, lambda: train_judge(judge))
+    vae = VaeConfig(out=str(out / "vae"), seed=seed, **schedule["vae"])
+    _stage("vae", out / "vae" / DECODER_FILE, lambda: train_vae(vae))
+    unet = UnetConfig(out=str(out / "unet"), seed=seed, vae=vae.out, judge=str(out / "judge" / JUDGE_FILE),
+                      **schedule["unet"])
+    _stage("unet", out / "unet" / UNET_FILE, lambda: train_unet(unet))
+
+
+def _stage(name: str, finished: Path, run: Callable[[], object]) -> None:
+    if finished.exists():
+        logger.info("Stage %s: already finished (%s)", name, finished)
+        return
+    started = time.monotonic()
+    logger.info("Stage %s: training ...", name)
+    run()
+    logger.info("Stage %s: finished in %.1f min", name, (time.monotonic() - started) / 60)
+
+
+def gather(out: Path, weights: Path) -> Path:
+    """Copy the finished stages' files into the shipped layout, with their last figures."""
+    with atomic_path(weights) as staging:
+        staged = WeightsLayout(staging)
+        staged.vae.mkdir(parents=True)
+        shutil.copy2(out / "judge" / JUDGE_FILE, staged.judge)
+        for name in (ENCODER_FILE, DECODER_FILE):
+            shutil.copy2(out / "vae" / name, staged.vae / name)
+        shutil.copy2(out / "unet" / UNET_FILE, staged.unet)
+        figures = {stage: _last_point(out / stage) for stage in ("judge", "vae", "unet")}
+        (staging / TRAINING_FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
+    logger.info("World weights gathered in %s", weights)
+    return weights
+
+
+def _last_point(run_folder: Path) -> dict:
+    lines = (run_folder / "curve.jsonl").read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}

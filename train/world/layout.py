@@ -1,0 +1,50 @@
+"""The world's weights on disk: the shipped folder's layout, and where each file goes in a
+ComfyUI `models` folder (the one definition both the build and the installers use)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sdxl import UNET_FILE
+from .taesd import DECODER_FILE, ENCODER_FILE
+
+WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
+JUDGE_FILE = "judge.safetensors"
+TRAINING_FIGURES = "training.json"  # each stage's last learning-curve point
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    root: Path
+
+    @property
+    def judge(self) -> Path:
+        return self.root / JUDGE_FILE
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae"
+
+    @property
+    def unet(self) -> Path:
+        return self.root / UNET_FILE
+
+    def install(self, models_dir: Path) -> dict[str, Path]:
+        """Copy the world's SDXL parts where ComfyUI's native loaders look: UNETLoader
+        (diffusion_models/) and VAELoader's "taesdxl" (vae_approx/)."""
+        targets = {
+            "unet": (self.unet, models_dir / "diffusion_models" / UNET_FILE),
+            "taesdxl_encoder": (self.vae / ENCODER_FILE, models_dir / "vae_approx" / ENCODER_FILE),
+            "taesdxl_decoder": (self.vae / DECODER_FILE, models_dir / "vae_approx" / DECODER_FILE),
+        }
+        for source, target in targets.values():
+            if not source.is_file():
+                raise FileNotFoundError(f"{source} is missing; rebuild the world with `python -m train.world build`.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        return {name: target for name, (_, target) in targets.items()}
+
+
+SHIPPED = WeightsLayout(WEIGHTS)

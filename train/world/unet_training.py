@@ -1,0 +1,133 @@
+"""Training the world's SDXL UNet: epsilon-prediction on the world VAE's latents of
+train-split scenes, conditioned on the world's text encoders' outputs for their captions
+(DDPM, Ho et al. 2020; SDXL's schedule). Evaluation draws held-out prompts with DDIM and
+classifier-free guidance and lets the judge read the pictures.
+
+The training pool (latents, 77x2048 contexts in bfloat16, pooled vectors) is computed once
+per run from the seed, so a resumed run trains on the same data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import UnetConfig
+from .files import atomic_path
+from .judge import accuracy, to_tensor
+from .language import caption
+from .loop import train
+from .render import render
+from .scenes import random_scene
+from .sdxl import UNET_FILE, alphas_cumprod, build_text_encoders, encode_captions, new_unet, save_unet, size_vector
+from .taesd import TinyAutoencoder, load_taesd
+from .training import load_judge
+from .vocabulary import IMAGE_SIZE
+
+logger = logging.getLogger(__name__)
+
+# The image sizes SDXL's micro-conditioning tells the UNet during training, drawn per
+# sample (the first is the world's): pictures come out the same whatever size a graph
+# declares (CLIPTextEncode declares 768, the pack the latent's size).
+SIZE_IDS = (IMAGE_SIZE, 512, 768, 1024)
+
+
+class ConditionPool:
+    """Latents, contexts and pooled vectors of a list of scenes."""
+
+    def __init__(self, scenes: list, vae: TinyAutoencoder, clip, batch: int = 64) -> None:
+        self.scenes = scenes
+        latents = []
+        for first in tqdm(range(0, len(scenes), batch), desc="encoding the training pool"):
+            images = to_tensor([render(scene) for scene in scenes[first:first + batch]])
+            with torch.no_grad():
+                latents.append(vae.encoder(images).float())
+        self.latents = torch.cat(latents)
+        contexts, pooled = encode_captions(clip, [caption(scene) for scene in scenes])
+        self.contexts, self.pooled = contexts.to(torch.bfloat16), pooled
+
+
+class UnetTask:
+    def __init__(self, config: UnetConfig) -> None:
+        self.config = config
+        self.model = new_unet(config.seed)
+        self.clip = build_text_encoders()
+        self.vae = load_taesd(Path(config.vae)).eval()
+        rng = random.Random(f"unet-pool:{config.seed}")
+        self.pool = ConditionPool([random_scene(rng, "train") for _ in range(config.pool_scenes)], self.vae, self.clip)
+        empty_context, empty_pooled = encode_captions(self.clip, [""])
+        self.empty = empty_context.to(torch.bfloat16), empty_pooled
+        self.alphas = alphas_cumprod()
+        self.sizes = torch.cat([size_vector(1, size) for size in SIZE_IDS])
+        eval_rng = random.Random(f"unet-eval:{config.seed}")
+        self.eval_scenes = [random_scene(eval_rng, "test") for _ in range(config.eval_prompts)]
+        self.judge = load_judge(config.judge) if config.judge else None
+
+    def _unconditional(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Half the empty caption's encoding, half all zeros (the pack's adapter negative)."""
+        zero = torch.rand(count, generator=generator) < 0.5
+        context = self.empty[0].expand(count, -1, -1).clone()
+        pooled = self.empty[1].expand(count, -1).clone()
+        context[zero], pooled[zero] = 0, 0
+        return context, pooled
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        index = torch.randint(len(self.pool.scenes), (self.config.batch_size,), generator=generator)
+        latents, context, pooled = self.pool.latents[index], self.pool.contexts[index], self.pool.pooled[index]
+        drop = torch.rand(len(index), generator=generator) < self.config.uncond_probability
+        if drop.any():  # classifier-free guidance: learn the unconditional prediction too
+            context, pooled = context.clone(), pooled.clone()
+            context[drop], pooled[drop] = self._unconditional(int(drop.sum()), generator)
+        timesteps = torch.randint(len(self.alphas), (len(index),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        alpha = self.alphas[timesteps].view(-1, 1, 1, 1)
+        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise  # q(x_t | x_0)
+        sizes = self.sizes[torch.randint(len(SIZE_IDS), (len(index),), generator=generator)]
+        y = torch.cat([pooled, sizes], dim=1)
+        predicted = self.model(noisy, timesteps, context, y)
+        return F.mse_loss(predicted.float(), noise), {}
+
+    @torch.no_grad()
+    def sample(self, scenes: list, steps: int, guidance: float, seed: int) -> torch.Tensor:
+        """DDIM (eta 0) with classifier-free guidance against the empty caption; images in [0, 1]."""
+        context, pooled = encode_captions(self.clip, [caption(scene) for scene in scenes])
+        count = len(scenes)
+        negative = self.empty[0].float().expand(count, -1, -1), self.empty[1].expand(count, -1)
+        contexts = torch.cat([context, negative[0]])
+        y = torch.cat([torch.cat([pooled, negative[1]]), self.sizes[:1].expand(2 * count, -1)], dim=1)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn((count, 4, 16, 16), generator=generator)
+        timesteps = torch.linspace(len(self.alphas) - 1, 0, steps).round().long()
+        for index, t in enumerate(timesteps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+                eps = self.model(torch.cat([x, x]), t.repeat(2 * count), contexts, y).float()
+            eps = eps[count:] + guidance * (eps[:count] - eps[count:])
+            alpha = self.alphas[t]
+            x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            alpha_next = self.alphas[timesteps[index + 1]] if index + 1 < steps else torch.tensor(1.0)
+            x = alpha_next.sqrt() * x0 + (1 - alpha_next).sqrt() * eps
+        return self.vae.decoder(x).float().clamp(0, 1)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.judge is None:
+            return {}
+        images = self.sample(self.eval_scenes, self.config.eval_steps, self.config.guidance, self.config.seed)
+        return {f"heldout_{name}": value for name, value in accuracy(self.judge, images, self.eval_scenes).items()}
+
+
+def train_unet(config: UnetConfig, stop_after: int | None = None) -> list[dict[str, float]]:
+    task = UnetTask(config)
+    out = Path(config.out)
+    curve = train(task, config.loop_settings(), out, {"model": "unet", **asdict(config)}, stop_after)
+    if curve and curve[-1]["step"] == config.steps:
+        save_unet(task.model, out / UNET_FILE)
+        with atomic_path(out / "figures.json") as temporary:
+            temporary.write_text(json.dumps(curve[-1], indent=2) + "\n")
+    return curve
