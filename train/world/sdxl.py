@@ -134,25 +134,31 @@ def encode_captions(clip, captions: list[str], batch: int = 64) -> tuple[torch.T
 
 
 def new_unet(seed: int) -> torch.nn.Module:
-    """ComfyUI's UNetModel at WORLD_UNET_CONFIG, initialised as PyTorch initialises its
-    layers (ComfyUI's layer classes skip that); the layers ComfyUI zeroes stay zero."""
+    """ComfyUI's UNetModel at WORLD_UNET_CONFIG, its layers initialised as PyTorch's are
+    (ComfyUI's layer classes skip initialisation: their weights would be whatever memory held)."""
     import_comfyui()
-    import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNetModel(**WORLD_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
-        for module in unet.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                if module.weight.count_nonzero() > 0:  # not zero_module()'d
-                    torch.nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-                    if module.bias is not None:
-                        torch.nn.init.zeros_(module.bias)
-            elif isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and module.weight is not None:
-                torch.nn.init.ones_(module.weight)
-                torch.nn.init.zeros_(module.bias)
-    return unet
+        return UNetModel(**WORLD_UNET_CONFIG, operations=_initialising_operations())
+
+
+def _initialising_operations():
+    """ComfyUI's `disable_weight_init` layer classes with PyTorch's initialisation back."""
+    import comfy.ops
+
+    base = comfy.ops.disable_weight_init
+
+    def initialising(layer, torch_class):
+        return type(layer.__name__, (layer,), {"reset_parameters": torch_class.reset_parameters})
+
+    return type("InitialisingOps", (base,), {
+        "Linear": initialising(base.Linear, torch.nn.Linear),
+        "Conv2d": initialising(base.Conv2d, torch.nn.Conv2d),
+        "GroupNorm": initialising(base.GroupNorm, torch.nn.GroupNorm),
+        "LayerNorm": initialising(base.LayerNorm, torch.nn.LayerNorm),
+    })
 
 
 def size_vector(batch: int, size: int = IMAGE_SIZE) -> torch.Tensor:
