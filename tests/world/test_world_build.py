@@ -17,6 +17,7 @@ from train.world.layout import TRAINING_FIGURES, WeightsLayout
 from train.world.sdxl import load_unet
 from train.world.taesd import load_taesd
 from train.world.training import load_judge
+from train.world.unet_training import POOL_FILE
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def test_a_rerun_resumes_from_the_finished_runs(built):
     assert "Stage judge: already finished" in log and "Stage vae: already finished" in log
     assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
     assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
+    assert (built / "unet" / POOL_FILE).is_file()  # the rerun read its training pool back
 
 
 @pytest.mark.parametrize("flags, field", [(["--schedule", "weekly"], "schedule")])

@@ -4,18 +4,22 @@ train-split scenes, conditioned on the world's text encoders' outputs for their 
 classifier-free guidance and lets the judge read the pictures.
 
 The training pool (latents, 77x2048 contexts in bfloat16, pooled vectors) is computed once
-per run from the seed, so a resumed run trains on the same data."""
+per run from the seed and kept in the run folder, so a resumed run trains on the same data
+without encoding it again."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .config import UnetConfig
@@ -38,19 +42,39 @@ logger = logging.getLogger(__name__)
 SIZE_IDS = (IMAGE_SIZE, 512, 768, 1024)
 
 
-class ConditionPool:
-    """Latents, contexts and pooled vectors of a list of scenes."""
+POOL_FILE = "pool.safetensors"  # the run's training pool, kept so a resumed run skips encoding it
 
-    def __init__(self, scenes: list, vae: TinyAutoencoder, clip, batch: int = 64) -> None:
-        self.scenes = scenes
+
+@dataclass(frozen=True)
+class ConditionPool:
+    """Latents, 77x2048 contexts (bfloat16) and pooled vectors of the training scenes."""
+
+    latents: torch.Tensor
+    contexts: torch.Tensor
+    pooled: torch.Tensor
+
+    @classmethod
+    def encode(cls, scenes: list, vae: TinyAutoencoder, clip, batch: int = 64) -> ConditionPool:
         latents = []
         for first in tqdm(range(0, len(scenes), batch), desc="encoding the training pool"):
             images = to_tensor([render(scene) for scene in scenes[first:first + batch]])
             with torch.no_grad():
                 latents.append(vae.encoder(images).float())
-        self.latents = torch.cat(latents)
         contexts, pooled = encode_captions(clip, [caption(scene) for scene in scenes])
-        self.contexts, self.pooled = contexts.to(torch.bfloat16), pooled
+        return cls(torch.cat(latents), contexts.to(torch.bfloat16), pooled)
+
+    @classmethod
+    def cached(cls, path: Path, identity: str, build: Callable[[], ConditionPool]) -> ConditionPool:
+        """The pool saved at `path` if it was built for `identity`, else built and saved."""
+        if path.is_file():
+            with safe_open(path, framework="pt") as file:
+                if (file.metadata() or {}).get("identity") == identity:
+                    return cls(*(file.get_tensor(name) for name in ("latents", "contexts", "pooled")))
+        pool = build()
+        with atomic_path(path) as temporary:
+            save_file({"latents": pool.latents, "contexts": pool.contexts, "pooled": pool.pooled}, temporary,
+                      metadata={"identity": identity})
+        return pool
 
 
 class UnetTask:
@@ -60,7 +84,11 @@ class UnetTask:
         self.clip = build_text_encoders()
         self.vae = load_taesd(Path(config.vae)).eval()
         rng = random.Random(f"unet-pool:{config.seed}")
-        self.pool = ConditionPool([random_scene(rng, "train") for _ in range(config.pool_scenes)], self.vae, self.clip)
+        scenes = [random_scene(rng, "train") for _ in range(config.pool_scenes)]
+        identity = json.dumps({"seed": config.seed, "scenes": config.pool_scenes,
+                               "vae": str(Path(config.vae).resolve())})
+        self.pool = ConditionPool.cached(Path(config.out) / POOL_FILE, identity,
+                                         lambda: ConditionPool.encode(scenes, self.vae, self.clip))
         empty_context, empty_pooled = encode_captions(self.clip, [""])
         self.empty = empty_context.to(torch.bfloat16), empty_pooled
         self.alphas = alphas_cumprod()
@@ -79,7 +107,7 @@ class UnetTask:
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        index = torch.randint(len(self.pool.scenes), (self.config.batch_size,), generator=generator)
+        index = torch.randint(len(self.pool.latents), (self.config.batch_size,), generator=generator)
         latents, context, pooled = self.pool.latents[index], self.pool.contexts[index], self.pool.pooled[index]
         drop = torch.rand(len(index), generator=generator) < self.config.uncond_probability
         if drop.any():  # classifier-free guidance: learn the unconditional prediction too
