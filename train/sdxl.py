@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 CLIP_MAX_LENGTH = 77
 PENULTIMATE = -2  # SDXL reads the penultimate hidden state of both text encoders
 _TARGET_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+# SDXL's KL VAE, or a TAESD-format one (deterministic: its raw output is the latent)
+VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
 
 
 class SDXLLoadError(FileNotFoundError):
@@ -30,7 +32,7 @@ class SDXLParts:
     the cached targets depend on (paths, sizes, modification times)."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | AutoencoderTiny
     text_encoder: CLIPTextModel
     text_encoder_2: CLIPTextModelWithProjection
     tokenizer: CLIPTokenizer
@@ -49,7 +51,7 @@ def load_sdxl(path: str | Path, config_folder: str | Path | None, dtype: torch.d
         if path.is_dir():
             components = {
                 "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **options),
-                "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **options),
+                "vae": _vae_class(path).from_pretrained(path, subfolder="vae", torch_dtype=torch.float32, **options),
                 "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **options),
                 "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
                     path, subfolder="text_encoder_2", dtype=dtype, **options
@@ -76,6 +78,15 @@ def load_sdxl(path: str | Path, config_folder: str | Path | None, dtype: torch.d
         components[name].requires_grad_(False).eval().to(device)
     logger.info("Loaded SDXL from %s (%s, VAE float32) on %s", path, dtype, device)
     return SDXLParts(**components, noise_scheduler=noise_scheduler, identity=_identity(path, config_folder))
+
+
+def _vae_class(folder: Path) -> type[AutoencoderKL] | type[AutoencoderTiny]:
+    """The class vae/config.json names (its `_class_name`)."""
+    config = folder / "vae" / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else "AutoencoderKL"
+    if name not in VAE_CLASSES:
+        raise ValueError(f"vae/config.json names {name!r}; the VAEs M3FT reads are {sorted(VAE_CLASSES)}")
+    return VAE_CLASSES[name]
 
 
 def _identity(path: Path, config_folder: str | Path | None) -> str:
@@ -112,8 +123,12 @@ class FrozenEncoders:
 
     @torch.no_grad()
     def latent_distribution(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """VAE posterior (mean, std) of (B, 3, R, R) images in [-1, 1], unscaled, float32."""
+        """VAE posterior (mean, std) of (B, 3, R, R) images in [-1, 1], unscaled, float32.
+        A tiny (TAESD) VAE is deterministic: its latent with std 0."""
         vae = self.parts.vae
+        if isinstance(vae, AutoencoderTiny):
+            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latents.float()
+            return latents, torch.zeros_like(latents)
         posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
         return posterior.mean.float(), posterior.std.float()
 

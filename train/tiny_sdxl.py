@@ -105,7 +105,7 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _scheduler() -> EulerDiscreteScheduler:
+def sdxl_base_scheduler() -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(  # SDXL base's scheduler_config.json
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -139,7 +139,7 @@ def build_tiny_sdxl_diffusers(out_dir: str | Path, *, seed: int = 0) -> Path:
             tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH),
             tokenizer_2=CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=CLIP_MAX_LENGTH),
             unet=_unet(),
-            scheduler=_scheduler(),
+            scheduler=sdxl_base_scheduler(),
         )
     pipeline.save_pretrained(out_dir, safe_serialization=True)
     logger.info("Built tiny SDXL (seed %d) in %s", seed, out_dir)

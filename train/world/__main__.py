@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,unet,measure,build} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,unet,measure,build,diffusers} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from ..cli import EXIT_CONFIG_ERROR, configure_logging
 from ..config import ConfigError
 from ..config_loading import coerce
 from .comfyui import ComfyUIMissingError
-from .config import BuildConfig, DataConfig, JudgeConfig, MeasureConfig, UnetConfig, VaeConfig
+from .config import BuildConfig, DataConfig, DiffusersConfig, JudgeConfig, MeasureConfig, UnetConfig, VaeConfig
 from .loop import ResumeError
 
 COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "measure": MeasureConfig,
-            "build": BuildConfig}
+            "build": BuildConfig, "diffusers": DiffusersConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     try:
         run(config)
-    except (ResumeError, ComfyUIMissingError) as error:
+    except (ResumeError, ComfyUIMissingError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     return 0
@@ -74,6 +74,9 @@ def run(config) -> None:
     elif isinstance(config, BuildConfig):
         from .build import build
         build(config)
+    elif isinstance(config, DiffusersConfig):
+        from .diffusers_folder import write_diffusers_folder
+        write_diffusers_folder(config)
     else:
         from .measure import measure
         measure(config)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
-from .layout import SHIPPED
+from .layout import SHIPPED, WeightsLayout
 from .loop import LoopSettings
+from .taesd import DECODER_FILE, ENCODER_FILE
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -156,3 +157,20 @@ class BuildConfig:
         _check(self.schedule in SCHEDULE_NAMES, "schedule", f"must be one of {SCHEDULE_NAMES}, got {self.schedule!r}.")
         out = Path(self.out)
         _check(not out.exists() or out.is_dir(), "out", f"{out} exists and is not a folder; choose a folder.")
+
+
+@dataclass(frozen=True)
+class DiffusersConfig:
+    """Write the world's SDXL (from --weights) as a diffusers folder for train/ (model.sdxl) to --out."""
+
+    out: str
+    weights: str = str(SHIPPED.root)  # a folder in the shipped layout (layout.py), e.g. a build's --weights
+
+    def __post_init__(self) -> None:
+        weights = WeightsLayout(Path(self.weights))
+        for path in (weights.unet, weights.vae / ENCODER_FILE, weights.vae / DECODER_FILE):
+            _check(path.is_file(), "weights", f"{self.weights} has no {path.relative_to(weights.root)}; give a folder "
+                   "written by `python -m train.world build` (its --weights), e.g. train/world/weights.")
+        out = Path(self.out)
+        _check(not out.exists() or (out / "model_index.json").is_file() or (out.is_dir() and not any(out.iterdir())),
+               "out", f"{out} exists and is not a diffusers folder (which would be replaced); choose a new folder.")

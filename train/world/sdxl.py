@@ -54,7 +54,7 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0).float()
 
 
-def _text_config(hidden_size: int, act: str) -> dict:
+def text_encoder_config(hidden_size: int, act: str) -> dict:
     return {"hidden_size": hidden_size, "intermediate_size": 64, "num_attention_heads": hidden_size // 64,
             "num_hidden_layers": TEXT_ENCODER_LAYERS, "hidden_act": act, "max_position_embeddings": 77,
             "vocab_size": 49408, "layer_norm_eps": 1e-5, "projection_dim": hidden_size,
@@ -98,10 +98,10 @@ def build_text_encoders(seed: int = TEXT_ENCODER_SEED):
             torch.nn.Module.__init__(self)
             self.clip_l = sd1_clip.SDClipModel(
                 layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
-                textmodel_json_config=_text_config(768, "quick_gelu"), model_options=model_options)
+                textmodel_json_config=text_encoder_config(768, "quick_gelu"), model_options=model_options)
             self.clip_g = sd1_clip.SDClipModel(
                 layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
-                textmodel_json_config=_text_config(1280, "gelu"), return_projected_pooled=True,
+                textmodel_json_config=text_encoder_config(1280, "gelu"), return_projected_pooled=True,
                 special_tokens={"start": 49406, "end": 49407, "pad": 0},
                 model_options={**model_options, "model_name": "clip_g"})
             self.dtypes = {dtype}
