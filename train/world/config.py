@@ -107,6 +107,7 @@ class UnetConfig(TrainingConfig):
     checkpoint_every: int = 250
     pool_scenes: int = 4096  # train-split scenes whose latents and contexts are computed once
     uncond_probability: float = 0.1  # captions dropped for classifier-free guidance
+    offset_noise: float = 0.1  # std of a per-channel constant added to the noise
     eval_prompts: int = 32  # held-out prompts drawn and judged at each evaluation
     eval_steps: int = 20
     guidance: float = 5.0
@@ -119,6 +120,7 @@ class UnetConfig(TrainingConfig):
                f"{self.judge} is not a file; train one with `python -m train.world judge` or pass --judge ''.")
         for name in ("pool_scenes", "eval_prompts", "eval_steps"):
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(self.offset_noise >= 0, "offset_noise", f"must be 0 or more, got {self.offset_noise}.")
         _check(0 <= self.uncond_probability < 1, "uncond_probability",
                f"must be in [0, 1), got {self.uncond_probability}.")
         _check(self.guidance >= 1, "guidance", f"must be 1 or more, got {self.guidance}.")

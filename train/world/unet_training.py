@@ -115,6 +115,11 @@ class UnetTask:
             context[drop], pooled[drop] = self._unconditional(int(drop.sum()), generator)
         timesteps = torch.randint(len(self.alphas), (len(index),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
+        # Offset noise: a random per-channel constant in the noise, so the pure noise a
+        # sampler starts from carries no usable hint of the picture's mean colour (SDXL's
+        # schedule leaves sqrt(alpha_T) = 0.07 of the latent in x_T, which a UNet otherwise
+        # learns to read, then draws random backgrounds from random noise).
+        noise = noise + self.config.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
         alpha = self.alphas[timesteps].view(-1, 1, 1, 1)
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise  # q(x_t | x_0)
         sizes = self.sizes[torch.randint(len(SIZE_IDS), (len(index),), generator=generator)]
