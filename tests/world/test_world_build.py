@@ -34,7 +34,7 @@ def test_short_build_gathers_every_model_in_the_shipped_layout(built):
     with torch.no_grad():
         latent = vae.encoder(image)
         assert latent.shape == (1, 4, 16, 16)
-        assert judge(image)[0].shape == (1, 9, 15)
+        assert judge(image)[0].shape == (1, 9, 6 + 8 + 2)  # per cell: empty or a shape, colour, size
         y = torch.zeros(1, 2816)
         assert unet(latent, torch.tensor([500]), context=torch.zeros(1, 77, 2048), y=y).shape == latent.shape
     figures = json.loads((weights.root / TRAINING_FIGURES).read_text())

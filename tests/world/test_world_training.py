@@ -102,6 +102,7 @@ def test_measure_writes_the_judges_figures_per_split_and_for_each_vae_snapshot(t
                  "--vae", str(vae), "--images", "2"]) == 0
     figures = json.loads(out.read_text())
     assert set(figures["judge"]) == {"train", "test", "any"}
-    assert set(figures["judge"]["test"]) == {"position", "shape", "colour", "size", "background", "all"}
+    assert set(figures["judge"]["test"]) == {"position", "shape", "colour", "size", "background", "colour_and_shape",
+                                             "all"}
     assert set(figures["vae_snapshots"]) == {"1"}
     assert set(figures["vae"]["test"]) == {"original", "reconstructed"}

@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import BuildConfig, JudgeConfig, UnetConfig, VaeConfig
 from .files import atomic_path
 from .layout import JUDGE_FILE, TRAINING_FIGURES, WeightsLayout
+from .loop import logged_to
 from .sdxl import UNET_FILE
 from .taesd import DECODER_FILE, ENCODER_FILE
 
@@ -39,16 +40,9 @@ SCHEDULES: dict[str, dict[str, dict]] = {
 
 def build(config: BuildConfig) -> Path:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "build.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("train.world").addHandler(handler)
-    try:
+    with logged_to(out / "build.log"):
         _train_stages(out, config.seed, SCHEDULES[config.schedule])
         return gather(out, Path(config.weights or out / "weights"))
-    finally:
-        logging.getLogger("train.world").removeHandler(handler)
-        handler.close()
 
 
 def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:

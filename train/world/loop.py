@@ -14,7 +14,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,14 +71,25 @@ def train(task: Trainable, settings: LoopSettings, run_folder: Path, config: dic
           stop_after: int | None = None) -> list[dict[str, float]]:
     """Train to `settings.steps` (or until `stop_after` steps of this call), resuming from
     the folder's checkpoint; returns the learning curve."""
-    run_folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_folder / LOG_NAME)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("train.world").addHandler(handler)
-    try:
+    with logged_to(run_folder / LOG_NAME):
         return _train(task, settings, run_folder, config, stop_after)
+
+
+@contextmanager
+def logged_to(path: Path) -> Iterator[None]:
+    """The world's log messages (INFO and up) also go to `path` while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    world_logger = logging.getLogger("train.world")
+    level = world_logger.level
+    world_logger.setLevel(logging.INFO)
+    world_logger.addHandler(handler)
+    try:
+        yield
     finally:
-        logging.getLogger("train.world").removeHandler(handler)
+        world_logger.removeHandler(handler)
+        world_logger.setLevel(level)
         handler.close()
 
 

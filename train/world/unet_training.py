@@ -72,7 +72,8 @@ class ConditionPool:
                     return cls(*(file.get_tensor(name) for name in ("latents", "contexts", "pooled")))
         pool = build()
         with atomic_path(path) as temporary:
-            save_file({"latents": pool.latents, "contexts": pool.contexts, "pooled": pool.pooled}, temporary,
+            tensors = {"latents": pool.latents, "contexts": pool.contexts, "pooled": pool.pooled}
+            save_file({name: value.contiguous() for name, value in tensors.items()}, temporary,
                       metadata={"identity": identity})
         return pool
 
