@@ -67,7 +67,9 @@ class JudgeConfig(TrainingConfig):
     """Train the judge (reads shape, colour, size, position and background) into --out."""
 
     width: int = 48
-    steps: int = 1500
+    steps: int = 2000
+    evaluate_every: int = 250
+    checkpoint_every: int = 250
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,6 +82,9 @@ class VaeConfig(TrainingConfig):
 
     batch_size: int = 8
     learning_rate: float = 2e-3
+    steps: int = 4000
+    evaluate_every: int = 500  # each evaluation also keeps a snapshot of the VAE (5 MB)
+    checkpoint_every: int = 250
     crop: int = 48  # training crops (pixels, multiple of 8) around an object: cheaper than whole images
     shape_weight: float = 8.0  # extra loss weight of pixels on and around the shapes
     latent_noise: float = 0.1  # z + noise before decoding: a decoder robust to imperfect latents
@@ -99,7 +104,7 @@ class UnetConfig(TrainingConfig):
 
     vae: str = str(SHIPPED.vae)  # a folder with the taesdxl files
     judge: str = str(SHIPPED.judge)  # scores the evaluation's pictures ("" = no scoring)
-    steps: int = 3000
+    steps: int = 2500
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
