@@ -20,12 +20,12 @@ from tiny_graphs import GENERATION, copy_prompt, model_loaders, native_sdxl_grap
 
 from train.world.judge import Judge, accuracy, to_tensor
 from train.world.language import caption, request
+from train.world.layout import VLM_NAME
 from train.world.scenes import Scene, random_scene
 from train.world.sdxl import TEXT_ENCODER_SEED, UNET_FILE
 from train.world.vocabulary import IMAGE_SIZE
 
 STEPS, GUIDANCE = 20, 5.0  # KSampler: euler, normal schedule
-WORLD_VLM = "m2chat-world-vlm"
 CONDITIONINGS = ("zero", "caption", "fallback")
 
 
@@ -53,7 +53,7 @@ def zero_graph(seed: int) -> dict:
 
 def fallback_graph(request: str, seed: int) -> dict:
     graph = _sampled(["encode", 0], ["encode", 1], seed, "world-fallback")
-    graph.update(model_loaders(adapter=None, vlm=WORLD_VLM))
+    graph.update(model_loaders(adapter=None, vlm=VLM_NAME))
     graph["encode"] = {"class_type": "M2ChatEncode", "inputs": {
         "vlm": ["vlm", 0], "clip": ["clip", 0], "prompt": request, "task": "text_to_image",
         "draw_mode": "always", "gate_mode": "adapter", "gate_value": 0.5,
@@ -133,7 +133,7 @@ def world_workflow(api_prompt: dict, text: str) -> dict:
             inputs.pop("adapter", None)
             inputs.update(world_size, clip=[checkpoint, 1], **{"premise" if "premise" in inputs else "prompt": text})
         elif node["class_type"] == "M2ChatVLMLoader":
-            inputs.update(vlm_name=WORLD_VLM, dtype="float32")
+            inputs.update(vlm_name=VLM_NAME, dtype="float32")
         elif node["class_type"] == "EmptyLatentImage":
             inputs.update(width=IMAGE_SIZE, height=IMAGE_SIZE)
         elif node["class_type"] == "KSampler":

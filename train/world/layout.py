@@ -12,6 +12,7 @@ from .taesd import DECODER_FILE, ENCODER_FILE
 
 WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
 JUDGE_FILE = "judge.safetensors"
+VLM_NAME = "m2chat-world-vlm"  # its folder name in models/LLM (what M2ChatVLMLoader lists)
 TRAINING_FIGURES = "training.json"  # each stage's last learning-curve point
 
 
@@ -31,9 +32,14 @@ class WeightsLayout:
     def unet(self) -> Path:
         return self.root / UNET_FILE
 
+    @property
+    def vlm(self) -> Path:
+        return self.root / "vlm"
+
     def install(self, models_dir: Path) -> dict[str, Path]:
-        """Copy the world's SDXL parts where ComfyUI's native loaders look: UNETLoader
-        (diffusion_models/) and VAELoader's "taesdxl" (vae_approx/)."""
+        """Copy the world's models where ComfyUI's loaders look: the UNet for UNETLoader
+        (diffusion_models/), the VAE for VAELoader's "taesdxl" (vae_approx/), and the VLM,
+        where there is one, for M2ChatVLMLoader (LLM/)."""
         targets = {
             "unet": (self.unet, models_dir / "diffusion_models" / UNET_FILE),
             "taesdxl_encoder": (self.vae / ENCODER_FILE, models_dir / "vae_approx" / ENCODER_FILE),
@@ -44,7 +50,10 @@ class WeightsLayout:
                 raise FileNotFoundError(f"{source} is missing; rebuild the world with `python -m train.world build`.")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
-        return {name: target for name, (_, target) in targets.items()}
+        installed = {name: target for name, (_, target) in targets.items()}
+        if self.vlm.is_dir():  # a Hugging Face folder, listed by M2ChatVLMLoader
+            installed["vlm"] = Path(shutil.copytree(self.vlm, models_dir / "LLM" / VLM_NAME, dirs_exist_ok=True))
+        return installed
 
 
 SHIPPED = WeightsLayout(WEIGHTS)
