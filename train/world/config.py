@@ -113,6 +113,7 @@ class UnetConfig(TrainingConfig):
     pool_scenes: int = 4096  # train-split scenes whose latents and contexts are computed once
     uncond_probability: float = 0.1  # captions dropped for classifier-free guidance
     offset_noise: float = 0.1  # std of a per-channel constant added to the noise
+    noisy_weight_cap: float = 20.0  # loss weight max(1, min(cap, 1/SNR)); 1 = the plain epsilon loss
     eval_prompts: int = 32  # held-out prompts drawn and judged at each evaluation
     eval_steps: int = 20
     guidance: float = 5.0
@@ -126,6 +127,7 @@ class UnetConfig(TrainingConfig):
         for name in ("pool_scenes", "eval_prompts", "eval_steps"):
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
         _check(self.offset_noise >= 0, "offset_noise", f"must be 0 or more, got {self.offset_noise}.")
+        _check(self.noisy_weight_cap >= 1, "noisy_weight_cap", f"must be 1 or more, got {self.noisy_weight_cap}.")
         _check(0 <= self.uncond_probability < 1, "uncond_probability",
                f"must be in [0, 1), got {self.uncond_probability}.")
         _check(self.guidance >= 1, "guidance", f"must be 1 or more, got {self.guidance}.")

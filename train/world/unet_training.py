@@ -126,7 +126,11 @@ class UnetTask:
         sizes = self.sizes[torch.randint(len(SIZE_IDS), (len(index),), generator=generator)]
         y = torch.cat([pooled, sizes], dim=1)
         predicted = self.model(noisy, timesteps, context, y)
-        return F.mse_loss(predicted.float(), noise), {}
+        # Noisy timesteps weighted up to 1/SNR (the error x0 inherits from epsilon there),
+        # capped: a sampler's first steps amplify the epsilon error by sqrt(1/SNR), so an
+        # unweighted loss leaves them worse than guessing the mean latent.
+        weight = ((1 - alpha) / alpha).clamp(1, self.config.noisy_weight_cap)
+        return (weight * (predicted.float() - noise).pow(2)).mean() / weight.mean(), {}
 
     @torch.no_grad()
     def sample(self, scenes: list, steps: int, guidance: float, seed: int) -> torch.Tensor:
