@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,measure} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,vlm,measure} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from ..cli import EXIT_CONFIG_ERROR, configure_logging
 from ..config import ConfigError
 from ..config_loading import coerce
-from .config import DataConfig, JudgeConfig, MeasureConfig, VaeConfig
+from .config import DataConfig, JudgeConfig, MeasureConfig, VaeConfig, VlmConfig
 from .loop import ResumeError
 
-COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "measure": MeasureConfig}
+COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "vlm": VlmConfig, "measure": MeasureConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,9 @@ def run(config) -> None:
     elif isinstance(config, VaeConfig):
         from .training import train_vae
         train_vae(config)
+    elif isinstance(config, VlmConfig):
+        from .vlm_training import train_vlm
+        train_vlm(config)
     else:
         from .measure import measure
         measure(config)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .loop import LoopSettings
+from .vocabulary import GRID
 
 WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
 
@@ -108,3 +109,31 @@ class MeasureConfig:
                f"{self.judge} is not a file; train one with `python -m train.world judge` or pass --judge.")
         _check(not self.vae or Path(self.vae).is_dir(), "vae", f"{self.vae} is not a folder.")
         _check(self.images >= 1, "images", f"must be at least 1, got {self.images}.")
+
+
+@dataclass(frozen=True)
+class VlmConfig(TrainingConfig):
+    """Pretrain the world's VLM (a tiny LLaVA-1.5-style model) into --out."""
+
+    steps: int = 1200
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    checkpoint_every: int = 50
+    evaluate_every: int = 200
+    eval_images: int = 64  # held-out pictures to describe, and as many test-split follow-ups
+    width: int = 128  # the language model's hidden size
+    layers: int = 4
+    vision_width: int = 64
+    vision_layers: int = 2
+    image_size: int = 96  # the vision tower's input: one patch per grid cell (see vlm_model.py)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("width", "vision_width"):
+            value = getattr(self, name)
+            _check(value >= 32 and value % 32 == 0, name, f"must be a multiple of 32, got {value}.")
+        for name in ("layers", "vision_layers"):
+            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(self.image_size >= 48 and self.image_size % GRID == 0, "image_size",
+               f"must be a multiple of {GRID} (one patch per grid cell) and at least 48, got {self.image_size}.")
