@@ -23,7 +23,7 @@ from train.world.scenes import is_held_out
 from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, training_turn, world_turn
 from train.world.vlm_measure import generate
 from train.world.vlm_model import build_world_vlm, marker_rows
-from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, VLM_FOLDER, train_vlm
+from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, SHIPPED_VLM, VLM_FOLDER, train_vlm
 from train.world.vocabulary import HELD_OUT_PAIRS
 
 TINY_VLM = dict(width=32, layers=1, vision_width=32, vision_layers=1, image_size=48, batch_size=2, steps=4,
@@ -127,3 +127,12 @@ def test_measured_pictures_are_held_out_and_their_captions_read_back():
         scene = read_caption(sample.turn.caption)
         assert scene is not None and caption(scene) == sample.turn.caption
     assert read_caption("a small red star somewhere") is None
+
+
+def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pack():
+    """The committed folder: the pack's loader and encoder, and a caption in the world's
+    canonical form (its accuracy is in the README; it has not reached the targets yet)."""
+    vlm = load_vlm(SHIPPED_VLM)
+    result = generate(vlm, describe_turns(0, 1)[0])
+    assert result.draws_image and not result.caption_start_forced  # it emits <|IC|> itself
+    assert read_caption(result.caption) is not None

@@ -120,8 +120,8 @@ class VlmConfig(TrainingConfig):
     learning_rate: float = 3e-3
     warmup_steps: int = 50
     checkpoint_every: int = 50
-    evaluate_every: int = 200
-    eval_images: int = 64  # held-out pictures to describe, and as many test-split follow-ups
+    evaluate_every: int = 150
+    eval_images: int = 32  # held-out pictures to describe, and as many test-split follow-ups
     width: int = 128  # the language model's hidden size
     layers: int = 4
     vision_width: int = 64

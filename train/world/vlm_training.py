@@ -19,7 +19,7 @@ from m2chat_core.losses import IGNORE_INDEX, text_loss
 from m2chat_core.teacher_forcing import TeacherForcedOutput, forced_turn, prepare_batch, teacher_force
 from m2chat_core.vlm import LoadedVLM, load_vlm
 
-from .config import VlmConfig
+from .config import WEIGHTS, VlmConfig
 from .files import atomic_path
 from .loop import train
 from .vlm_data import WorldTurn, training_turn
@@ -29,6 +29,7 @@ from .vlm_model import MAX_CONTEXT, build_world_vlm, marker_rows
 logger = logging.getLogger(__name__)
 
 VLM_FOLDER = "m2chat-world-vlm"
+SHIPPED_VLM = WEIGHTS / "vlm"  # the trained folder the repository ships
 FIGURES_FILE = "figures.json"
 MAX_TEXT_TOKENS = 64  # an answer or a caption; the world's longest caption has about 30
 LENGTH_GROUPS = 2  # forwards per step
