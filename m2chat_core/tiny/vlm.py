@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,28 @@ UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 SPECIAL_TOKENS = (UNK, BOS, EOS, PAD, IMAGE)  # their ids are 0..4, in this order
 TOKENIZER_VOCAB_SIZE = 1000
 
-# Vision tower shared by all presets: 32 px images, 8 px patches -> 16 patches + CLS.
-IMAGE_SIZE = 32
-PATCH_SIZE = 8
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # CLS dropped ("default" strategy)
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """The CLIP vision tower: `image_size` px inputs cut into `patch_size` px patches, one
+    image token per patch (CLS dropped, "default" strategy), read at `feature_layer`."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    feature_layer: int = -2
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+DEFAULT_VISION = VisionTower()  # 32 px images, 8 px patches -> 16 image tokens
+NUM_IMAGE_TOKENS = DEFAULT_VISION.num_image_tokens
 
 # LLaVA-1.5's "USER: <image>\n... ASSISTANT: ...</s>" format, with text/image content parts.
 CHAT_TEMPLATE = (
@@ -53,7 +72,7 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyVLMPreset:
-    """LLM widths of a preset; the vision tower and tokenizer are the same for all."""
+    """LLM widths of a preset (the vision tower and tokenizer are chosen separately)."""
 
     hidden_size: int
     intermediate_size: int
@@ -119,8 +138,13 @@ def english_corpus(num_sentences: int = 700) -> list[str]:
     ]
 
 
-def train_byte_level_bpe(vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Tokenizer:
-    """Byte-level BPE (GPT-2 style) trained on `english_corpus()`, `<s>` prepended.
+def train_byte_level_bpe(
+    vocab_size: int = TOKENIZER_VOCAB_SIZE,
+    corpus: Sequence[str] | None = None,
+    extra_special_tokens: Sequence[str] = (),
+) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) trained on `corpus` (default `english_corpus()`), `<s>`
+    prepended. SPECIAL_TOKENS are ids 0-4, `extra_special_tokens` the ids after them.
 
     Repeatable: every initial symbol is in the fixed byte alphabet, so ties between
     equally frequent merges always break the same way.
@@ -130,11 +154,11 @@ def train_byte_level_bpe(vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Tokenizer:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(english_corpus(), trainer)
+    tokenizer.train_from_iterator(english_corpus() if corpus is None else corpus, trainer)
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
@@ -145,11 +169,12 @@ def train_byte_level_bpe(vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Tokenizer:
 DEFAULT_MAX_CONTEXT = 512
 
 
-def tiny_vlm_config(preset: str, vocab_size: int, max_context: int = DEFAULT_MAX_CONTEXT) -> LlavaConfig:
-    """LlavaConfig of a preset: a LLaMA text model and a 2-layer CLIP vision tower."""
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown tiny VLM preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    llm = PRESETS[preset]
+def tiny_vlm_config(
+    preset: str | TinyVLMPreset, vocab_size: int, max_context: int = DEFAULT_MAX_CONTEXT,
+    vision: VisionTower = DEFAULT_VISION,
+) -> LlavaConfig:
+    """LlavaConfig of a preset (a name in PRESETS or widths): a LLaMA text model and a CLIP vision tower."""
+    llm = _preset(preset)
     ids = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     text_config = LlamaConfig(
         vocab_size=vocab_size,
@@ -165,26 +190,34 @@ def tiny_vlm_config(preset: str, vocab_size: int, max_context: int = DEFAULT_MAX
         tie_word_embeddings=False,
     )
     vision_config = CLIPVisionConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
+        image_size=vision.image_size,
+        patch_size=vision.patch_size,
+        hidden_size=vision.hidden_size,
+        intermediate_size=vision.intermediate_size,
+        num_hidden_layers=vision.num_layers,
+        num_attention_heads=vision.num_heads,
+        projection_dim=vision.hidden_size,
     )
     return LlavaConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_index=ids[IMAGE],
-        image_seq_length=NUM_IMAGE_TOKENS,
+        image_seq_length=vision.num_image_tokens,
         vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        vision_feature_layer=vision.feature_layer,
         dtype=llm.dtype,
     )
 
 
-def _processor(tokenizer: Tokenizer, max_context: int) -> LlavaProcessor:
+def _preset(preset: str | TinyVLMPreset) -> TinyVLMPreset:
+    if isinstance(preset, TinyVLMPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown tiny VLM preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    return PRESETS[preset]
+
+
+def _processor(tokenizer: Tokenizer, max_context: int, vision: VisionTower) -> LlavaProcessor:
     fast_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token=UNK,
@@ -194,13 +227,12 @@ def _processor(tokenizer: Tokenizer, max_context: int) -> LlavaProcessor:
         padding_side="left",  # generation appends on the right
         model_max_length=max_context,
     )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
+    size = vision.image_size
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=fast_tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=vision.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token
         chat_template=CHAT_TEMPLATE,
@@ -209,7 +241,13 @@ def _processor(tokenizer: Tokenizer, max_context: int) -> LlavaProcessor:
 
 
 def build_tiny_vlm(
-    out_dir: str | Path, *, seed: int = 0, preset: str = "tiny", max_context: int = DEFAULT_MAX_CONTEXT
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    preset: str | TinyVLMPreset = "tiny",
+    max_context: int = DEFAULT_MAX_CONTEXT,
+    vision: VisionTower = DEFAULT_VISION,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write a seeded LLaVA-1.5-style VLM folder to `out_dir` and return its path.
 
@@ -217,16 +255,18 @@ def build_tiny_vlm(
     Presets (see `PRESETS`): "tiny" (4-layer LLaMA, width 64, float32, ~1 MB, ~1 s) and
     "bench-1gb" (10 layers, width 2048, bfloat16, ~1 GB, ~15 s on 2 cores, for memory
     benchmarks). Both share a byte-level BPE tokenizer of ~940 tokens (`<unk> <s> </s>
-    <pad> <image>` are ids 0-4) and a 32 px CLIP vision tower giving 16 image tokens.
-    `max_context` is the language model's context in tokens. Same seed, byte-identical files.
+    <pad> <image>` are ids 0-4) and a 32 px CLIP vision tower giving 16 image tokens;
+    a caller may pass its own widths (a TinyVLMPreset), `vision` tower and `tokenizer`
+    (with SPECIAL_TOKENS as ids 0-4). `max_context` is the language model's context in
+    tokens. Same seed, byte-identical files.
     """
     out_dir = Path(out_dir)
-    tokenizer = train_byte_level_bpe()
-    config = tiny_vlm_config(preset, vocab_size=tokenizer.get_vocab_size(), max_context=max_context)
+    tokenizer = tokenizer or train_byte_level_bpe()
+    config = tiny_vlm_config(preset, vocab_size=tokenizer.get_vocab_size(), max_context=max_context, vision=vision)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
-    model.to(PRESETS[preset].dtype).save_pretrained(out_dir)
-    _processor(tokenizer, max_context).save_pretrained(out_dir)
+    model.to(_preset(preset).dtype).save_pretrained(out_dir)
+    _processor(tokenizer, max_context, vision).save_pretrained(out_dir)
     logger.info("Built tiny VLM %r (seed %d) in %s", preset, seed, out_dir)
     return out_dir

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from m2chat_core.vlm import load_vlm
 from train.world.__main__ import main
 from train.world.comfyui import REPO
 from train.world.layout import TRAINING_FIGURES, WeightsLayout
@@ -37,11 +38,12 @@ def test_short_build_gathers_every_model_in_the_shipped_layout(built):
         assert judge(image)[0].shape == (1, 9, 6 + 8 + 2)  # per cell: empty or a shape, colour, size
         y = torch.zeros(1, 2816)
         assert unet(latent, torch.tensor([500]), context=torch.zeros(1, 77, 2048), y=y).shape == latent.shape
+    assert load_vlm(weights.vlm).info.hidden_size == 32  # the short schedule's VLM
     figures = json.loads((weights.root / TRAINING_FIGURES).read_text())
-    assert [figures[stage]["step"] for stage in ("judge", "vae", "unet")] == [6, 4, 4]
+    assert [figures[stage]["step"] for stage in ("judge", "vae", "unet", "vlm")] == [6, 4, 4, 2]
     assert "heldout_colour_and_shape" in figures["unet"]  # the UNet's pictures were judged
     log = (built / "build.log").read_text()
-    assert all(f"Stage {stage}: finished" in log for stage in ("judge", "vae", "unet"))
+    assert all(f"Stage {stage}: finished" in log for stage in ("judge", "vae", "unet", "vlm"))
 
 
 def test_a_rerun_resumes_from_the_finished_runs(built):
@@ -49,7 +51,7 @@ def test_a_rerun_resumes_from_the_finished_runs(built):
     (built / "unet" / WeightsLayout(built).unet.name).unlink()  # as if killed before the UNet was saved
     assert main(["build", "--out", str(built), "--schedule", "short"]) == 0
     log = (built / "build.log").read_text()
-    assert "Stage judge: already finished" in log and "Stage vae: already finished" in log
+    assert all(f"Stage {stage}: already finished" in log for stage in ("judge", "vae", "vlm"))
     assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
     assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
     assert (built / "unet" / POOL_FILE).is_file()  # the rerun read its training pool back

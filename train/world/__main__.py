@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,unet,measure,build,diffusers} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ from ..cli import EXIT_CONFIG_ERROR, configure_logging
 from ..config import ConfigError
 from ..config_loading import coerce
 from .comfyui import ComfyUIMissingError
-from .config import BuildConfig, DataConfig, DiffusersConfig, JudgeConfig, MeasureConfig, UnetConfig, VaeConfig
+from .config import (
+    BuildConfig,
+    DataConfig,
+    DiffusersConfig,
+    JudgeConfig,
+    MeasureConfig,
+    UnetConfig,
+    VaeConfig,
+    VlmConfig,
+)
 from .loop import ResumeError
 
-COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "measure": MeasureConfig,
-            "build": BuildConfig, "diffusers": DiffusersConfig}
+COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "vlm": VlmConfig,
+            "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +86,9 @@ def run(config) -> None:
     elif isinstance(config, DiffusersConfig):
         from .diffusers_folder import write_diffusers_folder
         write_diffusers_folder(config)
+    elif isinstance(config, VlmConfig):
+        from .vlm_training import train_vlm
+        train_vlm(config)
     else:
         from .measure import measure
         measure(config)

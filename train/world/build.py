@@ -2,7 +2,7 @@
 
 Stages, each a training run in its own folder under --out (a killed build resumes each
 run from its last checkpoint; a finished stage is kept): the judge, the VAE, the UNet on
-the VAE's latents (scored by the judge during training). Then the weights are gathered
+the VAE's latents (scored by the judge during training), the VLM. Then the weights are gathered
 into --weights (default <out>/weights) in the shipped layout (layout.py), with each
 stage's last figures. The "short" schedule runs the same code for a few steps each (CI)."""
 
@@ -15,18 +15,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import BuildConfig, JudgeConfig, UnetConfig, VaeConfig
+from .config import BuildConfig, JudgeConfig, UnetConfig, VaeConfig, VlmConfig
 from .files import atomic_path
-from .layout import JUDGE_FILE, TRAINING_FIGURES, WeightsLayout
+from .layout import JUDGE_FILE, TRAINING_FIGURES, VLM_NAME, WeightsLayout
 from .loop import logged_to
 from .sdxl import UNET_FILE
 from .taesd import DECODER_FILE, ENCODER_FILE
 
 logger = logging.getLogger(__name__)
 
+STAGES = ("judge", "vae", "unet", "vlm")
 # Each stage's settings over its config's defaults (the full schedule is the defaults).
 SCHEDULES: dict[str, dict[str, dict]] = {
-    "full": {"judge": {}, "vae": {}, "unet": {}},
+    "full": {"judge": {}, "vae": {}, "unet": {}, "vlm": {}},
     "short": {
         "judge": {"steps": 6, "batch_size": 4, "width": 16, "evaluate_every": 6, "checkpoint_every": 6,
                   "eval_images": 8, "warmup_steps": 1},
@@ -34,6 +35,8 @@ SCHEDULES: dict[str, dict[str, dict]] = {
                 "warmup_steps": 1},
         "unet": {"steps": 4, "batch_size": 4, "pool_scenes": 16, "evaluate_every": 4, "checkpoint_every": 4,
                  "eval_prompts": 2, "eval_steps": 2, "warmup_steps": 1},
+        "vlm": {"steps": 2, "batch_size": 2, "evaluate_every": 2, "checkpoint_every": 2, "eval_images": 2,
+                "warmup_steps": 1, "width": 32, "layers": 1, "vision_width": 32, "vision_layers": 1},
     },
 }
 
@@ -48,6 +51,7 @@ def build(config: BuildConfig) -> Path:
 def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
     from .training import train_judge, train_vae
     from .unet_training import train_unet
+    from .vlm_training import train_vlm
 
     judge = JudgeConfig(out=str(out / "judge"), seed=seed, **schedule["judge"])
     _stage("judge", out / "judge" / JUDGE_FILE, lambda: train_judge(judge))
@@ -56,6 +60,8 @@ def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
     unet = UnetConfig(out=str(out / "unet"), seed=seed, vae=vae.out, judge=str(out / "judge" / JUDGE_FILE),
                       **schedule["unet"])
     _stage("unet", out / "unet" / UNET_FILE, lambda: train_unet(unet))
+    vlm = VlmConfig(out=str(out / "vlm"), seed=seed, **schedule["vlm"])
+    _stage("vlm", out / "vlm" / VLM_NAME, lambda: train_vlm(vlm))
 
 
 def _stage(name: str, finished: Path, run: Callable[[], object]) -> None:
@@ -77,7 +83,8 @@ def gather(out: Path, weights: Path) -> Path:
         for name in (ENCODER_FILE, DECODER_FILE):
             shutil.copy2(out / "vae" / name, staged.vae / name)
         shutil.copy2(out / "unet" / UNET_FILE, staged.unet)
-        figures = {stage: _last_point(out / stage) for stage in ("judge", "vae", "unet")}
+        shutil.copytree(out / "vlm" / VLM_NAME, staged.vlm)
+        figures = {stage: _last_point(out / stage) for stage in STAGES}
         (staging / TRAINING_FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
     logger.info("World weights gathered in %s", weights)
     return weights

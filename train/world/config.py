@@ -10,6 +10,7 @@ from ..config import ConfigError
 from .layout import SHIPPED, WeightsLayout
 from .loop import LoopSettings
 from .taesd import DECODER_FILE, ENCODER_FILE
+from .vocabulary import GRID
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -183,3 +184,31 @@ class DiffusersConfig:
         out = Path(self.out)
         _check(not out.exists() or (out / "model_index.json").is_file() or (out.is_dir() and not any(out.iterdir())),
                "out", f"{out} exists and is not a diffusers folder (which would be replaced); choose a new folder.")
+
+
+@dataclass(frozen=True)
+class VlmConfig(TrainingConfig):
+    """Pretrain the world's VLM (a tiny LLaVA-1.5-style model) into --out."""
+
+    steps: int = 900
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    checkpoint_every: int = 50
+    evaluate_every: int = 150
+    eval_images: int = 32  # held-out pictures to describe, and as many test-split follow-ups
+    width: int = 128  # the language model's hidden size
+    layers: int = 4
+    vision_width: int = 64
+    vision_layers: int = 2
+    image_size: int = 96  # the vision tower's input: one patch per grid cell (see vlm_model.py)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("width", "vision_width"):
+            value = getattr(self, name)
+            _check(value >= 32 and value % 32 == 0, name, f"must be a multiple of 32, got {value}.")
+        for name in ("layers", "vision_layers"):
+            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(self.image_size >= 48 and self.image_size % GRID == 0, "image_size",
+               f"must be a multiple of {GRID} (one patch per grid cell) and at least 48, got {self.image_size}.")

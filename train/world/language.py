@@ -101,3 +101,24 @@ def story_sentence(edit: Edit | None, scene: Scene) -> str:
 def story_premise(scene: Scene) -> str:
     it = scene.objects[0]
     return f"a story about a {it.colour} {it.shape}"
+
+
+# --- describing a picture (the VLM reads an image and says what it shows) -------------------
+
+DESCRIBE_REQUESTS = (
+    "what is in this picture?",
+    "describe this image",
+    "what do you see?",
+    "tell me what this picture shows",
+    "describe the picture",
+)
+DESCRIBE_ANSWERS = ("I see {}.", "It shows {}.", "This picture shows {}.")
+
+
+def describe_request(rng: random.Random) -> str:
+    return rng.choice(DESCRIBE_REQUESTS)
+
+
+def describe_answer(rng: random.Random, scene: Scene) -> str:
+    """A short answer naming each object's colour and shape; the caption gives the rest."""
+    return rng.choice(DESCRIBE_ANSWERS).format(" and ".join(f"a {o.colour} {o.shape}" for o in scene.objects))

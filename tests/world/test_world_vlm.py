@@ -1,0 +1,139 @@
+"""The world's VLM: its config is checked before any work, an interrupted run resumes to
+the same weights, the saved folder loads and generates through the pack's own path, it
+learns, and its training samples never show a held-out (colour, shape) pair."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from m2chat_core.encoder import text_marker_embeddings
+from m2chat_core.special_tokens import SPECIAL_TOKENS
+from m2chat_core.vlm import load_vlm
+from train.world import vlm_data
+from train.world.__main__ import main
+from train.world.config import VlmConfig
+from train.world.language import caption
+from train.world.loop import CHECKPOINT_NAME
+from train.world.scenes import is_held_out
+from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, training_turn, world_turn
+from train.world.vlm_measure import generate
+from train.world.vlm_model import build_world_vlm, marker_rows
+from train.world.layout import SHIPPED, VLM_NAME
+from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, train_vlm
+from train.world.vocabulary import HELD_OUT_PAIRS
+
+TINY_VLM = dict(width=32, layers=1, vision_width=32, vision_layers=1, image_size=48, batch_size=2, steps=4,
+                warmup_steps=1, checkpoint_every=2, evaluate_every=2, eval_images=1)
+
+
+def _tiny_vlm(out: Path, **overrides) -> VlmConfig:
+    return VlmConfig(out=str(out), **(TINY_VLM | overrides))
+
+
+def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
+    with safe_open(run / CHECKPOINT_NAME, framework="pt") as file:
+        return {key: file.get_tensor(key) for key in file.keys() if key.startswith("model.")}  # noqa: SIM118
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--steps", "0"], "steps"),
+    (["--width", "48"], "width"),
+    (["--vision-layers", "0"], "vision_layers"),
+    (["--image-size", "100"], "image_size"),
+    (["--learning-rate", "fast"], "learning_rate"),
+])
+def test_a_bad_vlm_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
+    out = tmp_path / "run"
+    assert main(["vlm", "--out", str(out), *flags]) == 2
+    assert field in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_interrupted_vlm_run_resumes_to_the_same_weights(tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_vlm(_tiny_vlm(whole))
+    curve = train_vlm(_tiny_vlm(parts), stop_after=2)
+    assert [point["step"] for point in curve] == [2] and not (parts / VLM_NAME).exists()
+    curve = train_vlm(_tiny_vlm(parts))
+    assert [point["step"] for point in curve] == [2, 4]
+    expected, resumed = _checkpoint_weights(whole), _checkpoint_weights(parts)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
+    figures = json.loads((parts / FIGURES_FILE).read_text())
+    assert {"caption_exact", "follow_up_resolved", "follow_up_exact"} <= figures["saved_folder"].keys()
+
+
+def test_the_saved_folder_loads_offline_and_generates_through_the_pack(tmp_path):
+    train_vlm(_tiny_vlm(tmp_path, steps=1, evaluate_every=1))
+    vlm = load_vlm(tmp_path / VLM_NAME)
+    assert vlm.dtype == SAVED_DTYPE
+    trained = _checkpoint_weights(tmp_path)["model.model.language_model.embed_tokens.weight"]
+    torch.testing.assert_close(vlm.input_embeddings.weight.float(), trained.to(SAVED_DTYPE).float(), rtol=0, atol=0)
+    for marker in SPECIAL_TOKENS:  # the nodes' markers without an adapter are single trained tokens
+        assert len(vlm.tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1
+    sample = describe_turns(0, 1)[0]
+    result = generate(vlm, sample)
+    assert result.draws_image and result.features is not None
+    assert result.prompt_tokens > 9  # the picture's 9 patches, one per grid cell, and the text
+    assert result.session.turns[-1].caption == result.caption
+
+
+def test_the_markers_the_nodes_feed_are_the_rows_training_teaches():
+    vlm = build_world_vlm(_tiny_vlm(Path("unused")))
+    torch.testing.assert_close(text_marker_embeddings(vlm), marker_rows(vlm).detach(), rtol=0, atol=0)
+    assert marker_rows(vlm).requires_grad
+
+
+def test_the_vlm_learns_on_a_short_schedule(tmp_path):
+    """Teacher-forced loss on fresh batches falls well below its start within 30 steps;
+    a model whose inputs or labels were misaligned would stay near it."""
+    config = _tiny_vlm(tmp_path, width=64, batch_size=4, steps=30, warmup_steps=3, checkpoint_every=30,
+                       evaluate_every=15, learning_rate=3e-3)
+    first = train_vlm(_tiny_vlm(tmp_path / "untrained", steps=1, evaluate_every=1))[-1]
+    last = train_vlm(config)[-1]
+    assert last["loss"] < 0.5 * first["loss"]
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_WEIGHTS))
+def test_training_turns_never_show_a_held_out_pair(monkeypatch, kind):
+    pictured = []
+    original = vlm_data.picture
+    monkeypatch.setattr(vlm_data, "picture", lambda scene: pictured.append(scene) or original(scene))
+    texts = []
+    for index in range(40):
+        sample = world_turn(kind, vlm_data.sample_rng(0, "train", "test-held-out", index), "train")
+        assert not is_held_out(sample.scene)
+        for turn in (*sample.history, sample.turn):
+            texts += [turn.user_text, turn.answer, turn.caption]
+    assert pictured or kind == "text_to_image"
+    assert not any(is_held_out(scene) for scene in pictured)
+    for colour, shape in HELD_OUT_PAIRS:
+        assert not any(f"{colour} {shape}" in text for text in texts)
+
+
+def test_training_turns_are_a_pure_function_of_seed_step_and_index():
+    assert training_turn(3, 7, 1) == training_turn(3, 7, 1)
+    assert training_turn(3, 7, 1) != training_turn(3, 8, 1)
+
+
+def test_measured_pictures_are_held_out_and_their_captions_read_back():
+    for sample in describe_turns(0, 20):
+        assert is_held_out(sample.scene) and len(sample.scene.objects) == 1
+        scene = read_caption(sample.turn.caption)
+        assert scene is not None and caption(scene) == sample.turn.caption
+    assert read_caption("a small red star somewhere") is None
+
+
+def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pack():
+    """The committed folder: the pack's loader and encoder, and a caption in the world's
+    canonical form (its accuracy is in the README; it has not reached the targets yet)."""
+    vlm = load_vlm(SHIPPED.vlm)
+    result = generate(vlm, describe_turns(0, 1)[0])
+    assert result.draws_image and not result.caption_start_forced  # it emits <|IC|> itself
+    assert read_caption(result.caption) is not None
