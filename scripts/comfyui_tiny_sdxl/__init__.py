@@ -16,10 +16,10 @@ import comfy.model_management
 import comfy.supported_models
 import torch
 
-from .builder import TINY_UNET_CONFIG
-
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository, for train.world
 from train.world.sdxl import DETECTION_KEYS, WORLD_UNET_CONFIG, build_text_encoders  # noqa: E402
+
+from .builder import TINY_UNET_CONFIG  # noqa: E402
 
 
 class TinySDXL(comfy.supported_models.SDXL):

@@ -17,19 +17,12 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from safetensors.torch import save_file
 
+from train.world.sdxl import WORLD_UNET_CONFIG
+
 TINY_UNET_NAME = "m2chat-tiny-sdxl.safetensors"
-# The smallest UNet that keeps SDXL's contracts: 2048-wide cross-attention context,
-# 2816-wide ADM vector (1280 pooled + 6 size ids x 256), 4 latent channels. One
-# attention level of 64 channels (ComfyUI's SDXL uses 64 channels per head).
-TINY_UNET_CONFIG = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-    "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [0, 1],
-    "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1,
-    "context_dim": 2048, "adm_in_channels": 2816, "num_classes": "sequential",
-    "use_linear_in_transformer": True, "use_temporal_attention": False,
-    "use_spatial_transformer": True, "num_head_channels": 64, "num_heads": -1,
-    "legacy": False, "use_checkpoint": False,
-}
+# The world's UNet (SDXL's contracts: 2048-wide cross-attention context, 2816-wide ADM
+# vector, 4 latent channels) at half its width: one attention level of 64 channels.
+TINY_UNET_CONFIG = {**WORLD_UNET_CONFIG, "model_channels": 32}
 
 
 def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
