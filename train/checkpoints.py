@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError
 
 from .faults import output_fault
@@ -137,7 +137,7 @@ def save_checkpoint(
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
+        accelerator.save_state(str(staging), **_without_frozen_weights(accelerator, loading=False))
         if writer:
             write_files(staging)
             (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
@@ -158,6 +158,19 @@ def save_checkpoint(
         logger.info("Saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint_state(accelerator: Accelerator, checkpoint: Path) -> None:
+    """accelerate's state of `checkpoint` (optimizer, scheduler, sampler, RNG states)."""
+    accelerator.load_state(str(checkpoint), **_without_frozen_weights(accelerator, loading=True))
+
+
+def _without_frozen_weights(accelerator: Accelerator, *, loading: bool) -> dict[str, bool]:
+    """DeepSpeed saves its engine (the model with its optimizer) itself: keep the frozen
+    weights out and load it without them. Elsewhere the trainer's state hooks drop the model."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return {}
+    return {"load_module_strict": False} if loading else {"exclude_frozen_parameters": True}
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    DistributedType,
     ProjectConfiguration,
     gather_object,
     set_seed,
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from m2chat_core.adapter import trainable_parameter_groups
-from m2chat_core.adapter_file import load_adapter_file, save_adapter_file
+from m2chat_core.adapter_file import VLMDeltas, load_adapter_file, save_adapter_file
 from m2chat_core.m3ft_settings import VLM_GROUPS
 from m2chat_core.vlm import decoder_layer_count, load_vlm
 
@@ -40,6 +41,7 @@ from .checkpoints import (
     TrainerState,
     checkpoints_folder,
     latest_checkpoint,
+    load_checkpoint_state,
     output_is_shared,
     read_state,
     remove_staging_leftovers,
@@ -49,6 +51,7 @@ from .checkpoints import (
 from .config import ConfigError, Stage1Config, TrainConfig
 from .data.batches import TrainingBatch
 from .faults import LaunchFault, output_fault
+from .sharding import gathered_state_dict
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
 from .sdxl import FrozenEncoders, load_sdxl
@@ -131,6 +134,9 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
+        refuse_zero3(self.accelerator)
+        # FSDP shards every parameter: its forward is a collective that every process runs.
+        self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP
         set_seed(engine.seed)
         self.checkpoints = checkpoints_folder(self.output_dir)
         try:
@@ -239,6 +245,10 @@ class Trainer:
 
     def prepare_distributed(self) -> None:
         accelerator = self.accelerator
+        if accelerator.state.deepspeed_plugin is not None:
+            # The train loader was prepared on its own (prepare_data), so DeepSpeed cannot read
+            # its per-GPU batch from a loader passed here; give it from the config.
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.optim.batch_size
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
         # The trained weights go into each checkpoint as an adapter file (write_checkpoint_files);
         # keep accelerate from also saving and loading the whole model with its frozen VLM and UNet.
@@ -257,7 +267,7 @@ class Trainer:
         if state.stage != self.stage:
             raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.")
         self.check_resumable_here(checkpoint, state)
-        self.accelerator.load_state(str(checkpoint))
+        load_checkpoint_state(self.accelerator, checkpoint)
         trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
         self.adapter.load_state_dict(trained.adapter_state)
         if trained.vlm_deltas is not None:
@@ -406,10 +416,12 @@ class Trainer:
         self.progress.set_postfix({name.split("/")[1]: f"{value:.4g}" for name, value in logs.items() if "skipped" not in name})
 
     def validate(self) -> None:
+        """On the main process, or on every process where the parameters are sharded (each
+        evaluates the whole validation set; the main process logs)."""
         if self.validation_loader is None:
             return
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
+        if self.accelerator.is_main_process or self.parameters_sharded:
+            model = self.model if self.parameters_sharded else self.accelerator.unwrap_model(self.model)
             was_training = self.vlm.model.training
             self.vlm.model.eval()
             seed = self.config.engine.seed
@@ -419,6 +431,7 @@ class Trainer:
 
             metrics = evaluate(model, self.validation_loader, targets_of)
             self.vlm.model.train(was_training)
+        if self.accelerator.is_main_process:
             self.validation[self.global_step] = metrics
             self.accelerator.log({f"validation/{name}": value for name, value in metrics.items()}, step=self.global_step)
             logger.info("Validation at step %d: %s", self.global_step, {name: round(value, 5) for name, value in metrics.items()})
@@ -439,33 +452,39 @@ class Trainer:
             max_steps=self.max_steps,
             num_processes=self.accelerator.num_processes,
         )
+        trained = self.trained_tensors()
+
+        def write_files(folder: Path) -> None:
+            self.write_adapter(folder / ADAPTER_FILE_NAME, trained)
+            (folder / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
         return save_checkpoint(
-            self.accelerator,
-            self.checkpoints,
-            state,
-            self.write_checkpoint_files,
-            self.config.engine.checkpoint_total_limit,
+            self.accelerator, self.checkpoints, state, write_files, self.config.engine.checkpoint_total_limit,
             output_shared=self.output_shared,
         )
 
-    def write_checkpoint_files(self, folder: Path) -> None:
-        self.write_adapter(folder / ADAPTER_FILE_NAME)
-        (folder / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-
-    def write_adapter(self, path: Path) -> Path:
-        """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
+    def trained_tensors(self) -> tuple[dict[str, torch.Tensor], VLMDeltas | None]:
+        """The adapter state and the VLM deltas, whole; every process calls this, since
+        gathering sharded parameters is a collective."""
+        adapter_state = gathered_state_dict(self.adapter)
         vlm_groups = {group: parameters for group, parameters in self.groups.items() if group in VLM_GROUPS}
         deltas = export_vlm_deltas(self.vlm.model, vlm_groups, getattr(self.config, "lora", None)) if vlm_groups else None
-        return save_adapter_file(path, self.accelerator.unwrap_model(self.model).adapter, deltas,
-                                 training_config=self.config.to_dict())
+        return adapter_state, deltas
+
+    def write_adapter(self, path: Path, trained: tuple[dict[str, torch.Tensor], VLMDeltas | None]) -> Path:
+        """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
+        adapter_state, deltas = trained
+        return save_adapter_file(path, self.adapter, deltas, training_config=self.config.to_dict(),
+                                 adapter_state=adapter_state)
 
     def finish(self) -> FitResult:
         self.save_checkpoint()
         export_path = Path(self.config.engine.export_path or self.output_dir / DEFAULT_EXPORT_NAME)
+        trained = self.trained_tensors()
         if self.accelerator.is_main_process:
             try:
                 export_path.parent.mkdir(parents=True, exist_ok=True)
-                self.write_adapter(export_path)
+                self.write_adapter(export_path, trained)
             except OSError as error:
                 raise output_fault(export_path.parent, error, "engine.export_path") from error
             logger.info("Exported the stage-%d adapter to %s", self.stage, export_path)
@@ -490,6 +509,17 @@ def refuse_duplicate_runs(num_processes: int) -> None:
             "so each would train alone and overwrite the same output folder. On a machine without GPUs, run "
             "`accelerate launch --cpu ...` or set ACCELERATE_USE_CPU=true (torchrun); on GPUs, check that "
             "torch.cuda.device_count() sees them and that the accelerate config does not say use_cpu: true."
+        )
+
+
+def refuse_zero3(accelerator: Accelerator) -> None:
+    """ZeRO-3 partitions the parameters in DeepSpeed's own way, which checkpoints and the
+    export do not gather yet; stop before loading anything rather than write empty files."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        raise LaunchFault(
+            "DeepSpeed ZeRO-3 is not supported by m2chat training yet (its partitioned parameters are not gathered "
+            "for checkpoints and the export); use train/accelerate/deepspeed_zero2.yaml or ddp.yaml."
         )
 
 

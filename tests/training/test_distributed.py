@@ -43,6 +43,8 @@ def test_two_process_stage1_trains_checkpoints_and_exports(runner, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stderr
     assert [path.name for path in list_checkpoints(output_dir / "checkpoints")] == ["checkpoint-2", "checkpoint-4"]
+    for checkpoint in list_checkpoints(output_dir / "checkpoints"):  # the frozen VLM and UNet are never saved
+        assert not [path.name for path in checkpoint.iterdir() if path.name.startswith(("model", "pytorch_model"))]
     assert load_adapter_file(output_dir / DEFAULT_EXPORT_NAME).config.num_image_tokens == 4
 
 
