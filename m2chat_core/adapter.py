@@ -35,7 +35,9 @@ from .m3ft_settings import (
 )
 from .special_tokens import SPECIAL_TOKENS
 
-ADAPTER_FORMAT_VERSION = 1  # bump when the config or the module's state dict changes meaning
+# Bump when the config or the module's state dict changes meaning.
+# 2: the learned gate's a and b are (1,) instead of 0-dim (format 1 files are reshaped on load).
+ADAPTER_FORMAT_VERSION = 2
 
 
 class AdapterInputError(ValueError):

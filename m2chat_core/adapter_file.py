@@ -25,11 +25,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .adapter import ADAPTER_FORMAT_VERSION, AdapterConfigError, M3Adapter, M3AdapterConfig
+from .gate import with_one_element_gate
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_PREFIX = "adapter."
 VLM_PREFIX = "vlm."
+GATE_PREFIX = "learned_gate."  # M3Adapter.learned_gate, within the adapter state
 FORMAT_VERSION_KEY = "m2chat.format_version"
 CONFIG_KEY = "m2chat.config"
 VLM_DELTA_KIND_KEY = "m2chat.vlm_delta_kind"
@@ -180,20 +182,22 @@ def save_adapter_file(
     adapter: M3Adapter,
     vlm_deltas: VLMDeltas | None = None,
     training_config: Mapping[str, Any] | None = None,
+    adapter_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the adapter (with stage-2 VLM deltas and the training run's config, when given)
-    to `path` atomically; returns the path."""
+    to `path` atomically; returns the path. `adapter_state` replaces `adapter.state_dict()`
+    where the module's own tensors are shards (sharded training gathers them first)."""
     path = Path(path)
-    tensors = {ADAPTER_PREFIX + name: tensor for name, tensor in adapter.state_dict().items()}
+    tensors = _with_prefix(adapter.state_dict() if adapter_state is None else adapter_state, ADAPTER_PREFIX)
     metadata = {
         "format": "pt",
         FORMAT_VERSION_KEY: str(ADAPTER_FORMAT_VERSION),
-        CONFIG_KEY: json.dumps(adapter.config.to_dict(), sort_keys=True),
+        CONFIG_KEY: json.dumps({**adapter.config.to_dict(), "format_version": ADAPTER_FORMAT_VERSION}, sort_keys=True),
     }
     if training_config is not None:
         metadata[TRAINING_CONFIG_KEY] = json.dumps(dict(training_config), sort_keys=True, default=str)
     if vlm_deltas is not None:
-        tensors.update({VLM_PREFIX + name: tensor for name, tensor in vlm_deltas.tensors.items()})
+        tensors.update(_with_prefix(vlm_deltas.tensors, VLM_PREFIX))
         metadata[VLM_DELTA_KIND_KEY] = vlm_deltas.kind
         if vlm_deltas.config is not None:
             metadata[VLM_DELTA_CONFIG_KEY] = json.dumps(dict(vlm_deltas.config), sort_keys=True)
@@ -240,11 +244,13 @@ def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
             "SDXL checkpoints and LoRAs belong in models/checkpoints and models/loras, "
             "adapters trained by m2chat in models/m2chat."
         )
-    _check_format_version(path, metadata[FORMAT_VERSION_KEY])
+    version = _check_format_version(path, metadata[FORMAT_VERSION_KEY])
     config = _parse_config(path, metadata[CONFIG_KEY])
     tensors = _read_tensors(path)
 
     adapter_state = _strip_prefix(tensors, ADAPTER_PREFIX)
+    if version == 1:
+        adapter_state.update(_with_prefix(with_one_element_gate(_strip_prefix(adapter_state, GATE_PREFIX)), GATE_PREFIX))
     deltas = _strip_prefix(tensors, VLM_PREFIX)
     strays = sorted(name for name in tensors if not name.startswith((ADAPTER_PREFIX, VLM_PREFIX)))
     _check_adapter_state(path, config, adapter_state, strays)
@@ -255,6 +261,10 @@ def load_adapter_file(path: str | os.PathLike[str]) -> AdapterFile:
 
 def _strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {name[len(prefix) :]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def _with_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + name: tensor for name, tensor in tensors.items()}
 
 
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -310,7 +320,7 @@ def _raise_not_safetensors(path: Path, prefix: bytes, file_size: int) -> None:
     )
 
 
-def _check_format_version(path: Path, version_text: str) -> None:
+def _check_format_version(path: Path, version_text: str) -> int:
     try:
         version = int(version_text)
     except ValueError:
@@ -324,6 +334,7 @@ def _check_format_version(path: Path, version_text: str) -> None:
             f"{path.name} uses adapter format version {version}, newer than the {ADAPTER_FORMAT_VERSION} "
             "this comfyui-m2chat reads; update comfyui-m2chat."
         )
+    return version
 
 
 def _parse_config(path: Path, config_json: str) -> M3AdapterConfig:

@@ -29,16 +29,25 @@ def paper_gate(answer_embedding: torch.Tensor, caption_embedding: torch.Tensor) 
 
 
 class LearnedGate(nn.Module):
-    """g = sigmoid(a·cos(e_ans, e_cap) + b); a and b are the trainable "M³FT factor"."""
+    """g = sigmoid(a·cos(e_ans, e_cap) + b); a and b are the trainable "M³FT factor".
+
+    a and b are one-element tensors, not 0-dim ones: FSDP and DeepSpeed ZeRO shard and
+    flatten only tensors with a dimension. Adapter files of format 1 stored them 0-dim;
+    `with_one_element_gate` reshapes those on load."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(INITIAL_GATE_SCALE))  # a
-        self.shift = nn.Parameter(torch.tensor(INITIAL_GATE_SHIFT))  # b
+        self.scale = nn.Parameter(torch.tensor([INITIAL_GATE_SCALE]))  # a
+        self.shift = nn.Parameter(torch.tensor([INITIAL_GATE_SHIFT]))  # b
 
     def forward(self, answer_embedding: torch.Tensor, caption_embedding: torch.Tensor) -> torch.Tensor:
         cosine = answer_caption_cosine(answer_embedding, caption_embedding)
         return torch.sigmoid(self.scale.float() * cosine + self.shift.float())
+
+
+def with_one_element_gate(gate_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LearnedGate state dict with 0-dim a and b (adapter format 1) as the current (1,)."""
+    return {name: tensor.reshape(1) if tensor.ndim == 0 else tensor for name, tensor in gate_state.items()}
 
 
 def compute_gate(

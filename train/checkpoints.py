@@ -7,6 +7,13 @@ staging folder and renamed into place when complete, so a killed run never leave
 half-written `checkpoint-*`; leftover staging folders are removed on the next start. A
 save that fails (a full disk, a read-only folder) removes its staging folder and raises
 OutputFault saying what to do.
+
+Several processes: every process writes its own RNG state, so the folder is renamed only
+after a barrier that every process reaches once its files are written. On a filesystem
+shared by all nodes, global rank 0 writes the shared parts (optimizer, scheduler, sampler,
+adapter file, trainer state) and renames; on node-local disks (`output_shared=False` on
+that node, see `output_is_shared`) each node's local rank 0 writes the shared parts and
+renames its own copy, so every node can resume from its disk.
 Rotation keeps the newest `engine.checkpoint_total_limit` (accelerate's own rotation
 only works with its in-place automatic naming, which cannot be atomic).
 """
@@ -18,11 +25,13 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError
 
 from .faults import output_fault
@@ -42,8 +51,14 @@ class CheckpointError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class TrainerState:
+    """Where a run stands, in units that do not depend on the number of processes."""
+
     stage: int
     global_step: int  # optimizer steps completed
+    samples_seen: int | None = None  # training samples consumed: global_step x global_batch (None: older checkpoints)
+    global_batch: int | None = None  # batch_size x gradient_accumulation_steps x processes
+    max_steps: int | None = None  # length of the LR schedule, in optimizer steps
+    num_processes: int | None = None  # processes of the run that wrote the checkpoint
 
 
 def checkpoints_folder(output_dir: str | Path) -> Path:
@@ -72,6 +87,26 @@ def read_state(checkpoint: Path) -> TrainerState:
     return TrainerState(**json.loads(state_file.read_text()))
 
 
+def output_is_shared(accelerator: Accelerator, folder: Path) -> bool:
+    """Whether this process sees the files global rank 0 writes into `folder` (one filesystem
+    shared by all nodes) or a node-local disk of its own. Every process must call this."""
+    probe = folder / f".probe-{broadcast_object_list([uuid.uuid4().hex])[0]}"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    accelerator.wait_for_everyone()
+    shared = probe.exists()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        probe.unlink()
+    return shared
+
+
+def writes_shared_parts(accelerator: Accelerator, output_shared: bool) -> bool:
+    """Global rank 0, plus each node's local rank 0 when that node's disk is its own."""
+    return accelerator.is_main_process or (accelerator.is_local_main_process and not output_shared)
+
+
 def remove_staging_leftovers(folder: Path) -> None:
     """Delete staging folders of a run that was killed while saving."""
     if folder.is_dir():
@@ -87,20 +122,27 @@ def save_checkpoint(
     state: TrainerState,
     write_files: Callable[[Path], None],
     total_limit: int,
+    *,
+    output_shared: bool = True,
 ) -> Path:
-    """Save accelerate's state plus `write_files(staging folder)` (main process) as
-    checkpoint-<step>, atomically; every process must call this."""
+    """Save accelerate's state plus `write_files(staging folder)` (on the processes that write
+    the shared parts) as checkpoint-<step>, atomically; every process must call this, with
+    `output_shared` from `output_is_shared`."""
     final = folder / f"checkpoint-{state.global_step}"
     staging = folder / f"{_STAGING_PREFIX}checkpoint-{state.global_step}"
+    writer = writes_shared_parts(accelerator, output_shared)
+    accelerator.project_configuration.save_on_each_node = not output_shared  # where accelerate writes its shared files
     try:
-        if accelerator.is_main_process:
+        if writer:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        if accelerator.is_main_process:
+        accelerator.save_state(str(staging), **_without_frozen_weights(accelerator, loading=False))
+        if writer:
             write_files(staging)
             (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
+        accelerator.wait_for_everyone()  # every process's files are in staging (its RNG state at least)
+        if writer:
             _fsync_tree(staging)
             if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
                 shutil.rmtree(final)
@@ -110,12 +152,25 @@ def save_checkpoint(
         fault = output_fault(folder, error)  # judged before the staging folder frees its space
         shutil.rmtree(staging, ignore_errors=True)
         raise fault from error
-    if accelerator.is_main_process:
+    if writer:
         for old in list_checkpoints(folder)[:-total_limit]:
             shutil.rmtree(old)
         logger.info("Saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint_state(accelerator: Accelerator, checkpoint: Path) -> None:
+    """accelerate's state of `checkpoint` (optimizer, scheduler, sampler, RNG states)."""
+    accelerator.load_state(str(checkpoint), **_without_frozen_weights(accelerator, loading=True))
+
+
+def _without_frozen_weights(accelerator: Accelerator, *, loading: bool) -> dict[str, bool]:
+    """DeepSpeed saves its engine (the model with its optimizer) itself: keep the frozen
+    weights out and load it without them. Elsewhere the trainer's state hooks drop the model."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return {}
+    return {"load_module_strict": False} if loading else {"exclude_frozen_parameters": True}
 
 
 def _fsync_tree(folder: Path) -> None:

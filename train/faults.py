@@ -1,6 +1,7 @@
-"""Faults of a run's files that the user must fix (unreadable data, an output folder that
-cannot be written), raised with a message that names the file and the fix; the entry
-points log the message and exit with EXIT_RUN_FAULT instead of a library traceback."""
+"""Faults of a run that the user must fix (unreadable data, an output folder that cannot
+be written, a launch that would start duplicate runs), raised with a message that names
+the file or setting and the fix; the entry points log the message and exit with
+EXIT_RUN_FAULT instead of a library traceback."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class DataFault(RunFault):
 
 class OutputFault(RunFault):
     """A folder of the run cannot be written."""
+
+
+class LaunchFault(RunFault):
+    """The launcher started processes that accelerate does not see as one run."""
 
 
 def output_fault(folder: Path, error: BaseException, setting: str = "engine.output_dir") -> OutputFault:

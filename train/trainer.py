@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    DistributedType,
     ProjectConfiguration,
     gather_object,
     set_seed,
@@ -27,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from m2chat_core.adapter import trainable_parameter_groups
-from m2chat_core.adapter_file import load_adapter_file, save_adapter_file
+from m2chat_core.adapter_file import VLMDeltas, load_adapter_file, save_adapter_file
 from m2chat_core.m3ft_settings import VLM_GROUPS
 from m2chat_core.vlm import decoder_layer_count, load_vlm
 
@@ -39,13 +41,17 @@ from .checkpoints import (
     TrainerState,
     checkpoints_folder,
     latest_checkpoint,
+    load_checkpoint_state,
+    output_is_shared,
     read_state,
     remove_staging_leftovers,
     save_checkpoint,
+    writes_shared_parts,
 )
-from .config import Stage1Config, TrainConfig
+from .config import ConfigError, Stage1Config, TrainConfig
 from .data.batches import TrainingBatch
-from .faults import output_fault
+from .faults import LaunchFault, output_fault
+from .sharding import gathered_state_dict
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
 from .sdxl import FrozenEncoders, load_sdxl
@@ -123,18 +129,25 @@ class Trainer:
             log_with=None if engine.report_to == "none" else engine.report_to,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=engine.seed),
+            step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, at any process count
             # Stage 1 samples have no input image, so the adapter's f_img branch gets no gradient.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        refuse_duplicate_runs(self.accelerator.num_processes)
+        refuse_zero3(self.accelerator)
+        # FSDP shards every parameter: its forward is a collective that every process runs.
+        self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP
         set_seed(engine.seed)
         self.checkpoints = checkpoints_folder(self.output_dir)
-        if self.accelerator.is_main_process:
-            try:
+        try:
+            self.output_shared = output_is_shared(self.accelerator, self.output_dir)
+            if writes_shared_parts(self.accelerator, self.output_shared):
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 remove_staging_leftovers(self.checkpoints)
                 (self.output_dir / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-            except OSError as error:
-                raise output_fault(self.output_dir, error) from error
+        except OSError as error:
+            raise output_fault(self.output_dir, error) from error
+        self.accelerator.wait_for_everyone()
 
     def load_models(self) -> None:
         model = self.config.model
@@ -224,16 +237,18 @@ class Trainer:
         self.max_steps = optim.epochs * self.steps_per_epoch
         if optim.max_steps:
             self.max_steps = min(self.max_steps, optim.max_steps)
-        processes = self.accelerator.num_processes  # the prepared scheduler steps once per process
+        # Stepped once per optimizer step (train_epoch), so the schedule is the same at any process count.
         self.lr_scheduler = get_scheduler(
-            optim.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=optim.warmup_steps * processes,
-            num_training_steps=self.max_steps * processes,
+            optim.lr_scheduler, self.optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=self.max_steps
         )
+        self.global_batch = optim.batch_size * optim.gradient_accumulation_steps * self.accelerator.num_processes
 
     def prepare_distributed(self) -> None:
         accelerator = self.accelerator
+        if accelerator.state.deepspeed_plugin is not None:
+            # The train loader was prepared on its own (prepare_data), so DeepSpeed cannot read
+            # its per-GPU batch from a loader passed here; give it from the config.
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.optim.batch_size
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
         # The trained weights go into each checkpoint as an adapter file (write_checkpoint_files);
         # keep accelerate from also saving and loading the whole model with its frozen VLM and UNet.
@@ -251,13 +266,36 @@ class Trainer:
         state = read_state(checkpoint)
         if state.stage != self.stage:
             raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.")
-        self.accelerator.load_state(str(checkpoint))
+        self.check_resumable_here(checkpoint, state)
+        load_checkpoint_state(self.accelerator, checkpoint)
         trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
         self.adapter.load_state_dict(trained.adapter_state)
         if trained.vlm_deltas is not None:
             load_vlm_deltas(self.vlm.model, trained.vlm_deltas)
         self.global_step = self.saved_step = state.global_step
+        # accelerate restores its micro-batch count of the run that saved; with another process
+        # count that run accumulated another number of batches per step, so count afresh.
+        self.accelerator.step = self.global_step * self.config.optim.gradient_accumulation_steps
         logger.info("Resumed from %s at step %d", checkpoint, self.global_step)
+
+    def check_resumable_here(self, checkpoint: Path, state: TrainerState) -> None:
+        """The same schedule and data order need the same global batch (a global step is
+        the same samples at any process count); refuse otherwise, naming the setting."""
+        if state.global_batch is None or state.global_batch == self.global_batch:
+            if state.max_steps is not None and state.max_steps != self.max_steps:
+                logger.warning("%s was written by a run of %d steps; this one runs %d, so the LR schedule changes shape",
+                               checkpoint, state.max_steps, self.max_steps)
+            return
+        optim, processes = self.config.optim, self.accelerator.num_processes
+        accumulation, remainder = divmod(state.global_batch, optim.batch_size * processes)
+        fix = (f"set --optim.gradient_accumulation_steps={accumulation}" if accumulation and not remainder
+               else f"choose optim.batch_size x optim.gradient_accumulation_steps x {processes} processes = {state.global_batch}")
+        raise ConfigError(
+            f"{checkpoint} was trained with a global batch of {state.global_batch} samples per step "
+            f"({state.num_processes} processes); this run's is {self.global_batch} (batch {optim.batch_size} x "
+            f"accumulation {optim.gradient_accumulation_steps} x {processes} processes). To continue the same schedule "
+            f"and data order, {fix}."
+        )
 
     def log_start(self) -> None:
         self.accelerator.init_trackers(f"m2chat-stage{self.stage}", config=_flat_hyperparameters(self.config.to_dict()))
@@ -311,7 +349,8 @@ class Trainer:
                 if accelerator.sync_gradients and self.config.optim.max_grad_norm:
                     accelerator.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm)
                 self.optimizer.step()
-                self.lr_scheduler.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    self.lr_scheduler.step()
                 self.optimizer.zero_grad()
             self.pending_logs.append({name: float(value.detach()) for name, value in outputs.items()})
             if accelerator.sync_gradients:
@@ -327,8 +366,10 @@ class Trainer:
     def compute_losses(self, batch: TrainingBatch, epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
         if not len(batch):
             return self.model(None, None)
-        seed = self.config.engine.seed
-        generator = step_generator(seed, "train", epoch, batch_index, self.accelerator.process_index)
+        # Keyed by the batch's place in the epoch's global order (process i takes batches i, i+P, ...),
+        # so a run resumed at another process count draws the same noise for the same samples.
+        global_batch_index = batch_index * self.accelerator.num_processes + self.accelerator.process_index
+        generator = step_generator(self.config.engine.seed, "train", epoch, global_batch_index)
         return self.model(batch.forced, self._targets(batch, generator))
 
     def _targets(self, batch: TrainingBatch, generator: torch.Generator) -> DiffusionTargets:
@@ -359,24 +400,28 @@ class Trainer:
             self.validate()
 
     def log_training(self) -> None:
-        """Mean of each term since the last log, plus the learning rate and skipped samples."""
-        names = {name for entry in self.pending_logs for name in entry}
+        """Mean of each term since the last log over all processes, the learning rate and the
+        skipped samples of all processes (every process calls this at the same step)."""
+        gathered = gather_object([(self.pending_logs, sum(self.skipped.values()))])
+        entries = [entry for pending, _ in gathered for entry in pending]
+        names = {name for entry in entries for name in entry}
         logs = {
-            f"train/{name}": sum(entry[name] for entry in self.pending_logs if name in entry)
-            / sum(name in entry for entry in self.pending_logs)
+            f"train/{name}": sum(entry[name] for entry in entries if name in entry) / sum(name in entry for entry in entries)
             for name in names
         }
         logs["train/lr"] = self.lr_scheduler.get_last_lr()[0]
-        logs["train/skipped_samples"] = sum(self.skipped.values())
+        logs["train/skipped_samples"] = sum(skipped for _, skipped in gathered)
         self.pending_logs = []
         self.accelerator.log(logs, step=self.global_step)
         self.progress.set_postfix({name.split("/")[1]: f"{value:.4g}" for name, value in logs.items() if "skipped" not in name})
 
     def validate(self) -> None:
+        """On the main process, or on every process where the parameters are sharded (each
+        evaluates the whole validation set; the main process logs)."""
         if self.validation_loader is None:
             return
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
+        if self.accelerator.is_main_process or self.parameters_sharded:
+            model = self.model if self.parameters_sharded else self.accelerator.unwrap_model(self.model)
             was_training = self.vlm.model.training
             self.vlm.model.eval()
             seed = self.config.engine.seed
@@ -386,6 +431,7 @@ class Trainer:
 
             metrics = evaluate(model, self.validation_loader, targets_of)
             self.vlm.model.train(was_training)
+        if self.accelerator.is_main_process:
             self.validation[self.global_step] = metrics
             self.accelerator.log({f"validation/{name}": value for name, value in metrics.items()}, step=self.global_step)
             logger.info("Validation at step %d: %s", self.global_step, {name: round(value, 5) for name, value in metrics.items()})
@@ -398,43 +444,83 @@ class Trainer:
         if self.saved_step == self.global_step:
             return self.checkpoints / f"checkpoint-{self.global_step}"
         self.saved_step = self.global_step
+        state = TrainerState(
+            stage=self.stage,
+            global_step=self.global_step,
+            samples_seen=self.global_step * self.global_batch,
+            global_batch=self.global_batch,
+            max_steps=self.max_steps,
+            num_processes=self.accelerator.num_processes,
+        )
+        trained = self.trained_tensors()
+
+        def write_files(folder: Path) -> None:
+            self.write_adapter(folder / ADAPTER_FILE_NAME, trained)
+            (folder / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
         return save_checkpoint(
-            self.accelerator,
-            self.checkpoints,
-            TrainerState(stage=self.stage, global_step=self.global_step),
-            self.write_checkpoint_files,
-            self.config.engine.checkpoint_total_limit,
+            self.accelerator, self.checkpoints, state, write_files, self.config.engine.checkpoint_total_limit,
+            output_shared=self.output_shared,
         )
 
-    def write_checkpoint_files(self, folder: Path) -> None:
-        self.write_adapter(folder / ADAPTER_FILE_NAME)
-        (folder / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-
-    def write_adapter(self, path: Path) -> Path:
-        """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
+    def trained_tensors(self) -> tuple[dict[str, torch.Tensor], VLMDeltas | None]:
+        """The adapter state and the VLM deltas, whole; every process calls this, since
+        gathering sharded parameters is a collective."""
+        adapter_state = gathered_state_dict(self.adapter)
         vlm_groups = {group: parameters for group, parameters in self.groups.items() if group in VLM_GROUPS}
         deltas = export_vlm_deltas(self.vlm.model, vlm_groups, getattr(self.config, "lora", None)) if vlm_groups else None
-        return save_adapter_file(path, self.accelerator.unwrap_model(self.model).adapter, deltas,
-                                 training_config=self.config.to_dict())
+        return adapter_state, deltas
+
+    def write_adapter(self, path: Path, trained: tuple[dict[str, torch.Tensor], VLMDeltas | None]) -> Path:
+        """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
+        adapter_state, deltas = trained
+        return save_adapter_file(path, self.adapter, deltas, training_config=self.config.to_dict(),
+                                 adapter_state=adapter_state)
 
     def finish(self) -> FitResult:
         self.save_checkpoint()
         export_path = Path(self.config.engine.export_path or self.output_dir / DEFAULT_EXPORT_NAME)
+        trained = self.trained_tensors()
         if self.accelerator.is_main_process:
             try:
                 export_path.parent.mkdir(parents=True, exist_ok=True)
-                self.write_adapter(export_path)
+                self.write_adapter(export_path, trained)
             except OSError as error:
                 raise output_fault(export_path.parent, error, "engine.export_path") from error
             logger.info("Exported the stage-%d adapter to %s", self.stage, export_path)
         skipped = Counter()
         for counts in gather_object([dict(self.skipped)]):
             skipped.update(counts)
-        if skipped:
+        if skipped and self.accelerator.is_main_process:
             summary = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
             logger.warning("Skipped %d bad samples in training (%s)", sum(skipped.values()), summary)
         self.accelerator.end_training()
         return FitResult(self.global_step, export_path, self.validation, skipped)
+
+
+def refuse_duplicate_runs(num_processes: int) -> None:
+    """A launcher that starts N processes which accelerate sees as N single-process runs
+    (no GPU for a multi-GPU config, or a CPU machine without --cpu) would train N copies
+    into the same output folder; stop instead."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != num_processes:
+        raise LaunchFault(
+            f"The launcher started {launched} processes (WORLD_SIZE={launched}), but accelerate sees {num_processes}, "
+            "so each would train alone and overwrite the same output folder. On a machine without GPUs, run "
+            "`accelerate launch --cpu ...` or set ACCELERATE_USE_CPU=true (torchrun); on GPUs, check that "
+            "torch.cuda.device_count() sees them and that the accelerate config does not say use_cpu: true."
+        )
+
+
+def refuse_zero3(accelerator: Accelerator) -> None:
+    """ZeRO-3 partitions the parameters in DeepSpeed's own way, which checkpoints and the
+    export do not gather yet; stop before loading anything rather than write empty files."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        raise LaunchFault(
+            "DeepSpeed ZeRO-3 is not supported by m2chat training yet (its partitioned parameters are not gathered "
+            "for checkpoints and the export); use train/accelerate/deepspeed_zero2.yaml or ddp.yaml."
+        )
 
 
 def _flat_hyperparameters(values: dict, prefix: str = "") -> dict[str, float | int | str | bool]:

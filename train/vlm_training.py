@@ -25,6 +25,7 @@ from torch import nn
 from m2chat_core.adapter_file import VLMDeltas
 
 from .config import LoraConfig
+from .sharding import full_tensor
 
 
 PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger")  # LLaVA(-NeXT), Qwen2(.5)-VL
@@ -101,11 +102,14 @@ def enable_vlm_groups(
 def export_vlm_deltas(
     model: nn.Module, groups: Mapping[str, Mapping[str, nn.Parameter]], lora: LoraConfig
 ) -> VLMDeltas | None:
-    """The trained VLM tensors as VLMDeltas (None when stage 2 trained nothing in the VLM)."""
+    """The trained VLM tensors as VLMDeltas (None when stage 2 trained nothing in the VLM).
+    The parameters are looked up by name in `model` (sharding replaces the objects) and
+    gathered where sharded, so every process calls this."""
+    current = dict(model.named_parameters())
     tensors = {
-        _LORA_SUFFIX.sub(r".\1.weight", name): parameter.detach().cpu().clone()
+        _LORA_SUFFIX.sub(r".\1.weight", name): full_tensor(current[name]).detach().cpu().clone()
         for parameters in groups.values()
-        for name, parameter in parameters.items()
+        for name in parameters
     }
     if not tensors:
         return None

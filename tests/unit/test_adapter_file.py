@@ -95,6 +95,21 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
         assert same_bits(loaded.vlm_deltas.tensors[name], tensor)
 
 
+def test_format_1_file_with_0_dim_gate_loads_with_one_element_gate(saved):
+    """Format 1 stored the gate's a and b 0-dim; sharded training needs them (1,)."""
+    tensors = tensors_of(saved)
+    assert tensors["adapter.learned_gate.scale"].shape == (1,)
+    old = {name: tensor.reshape(()) if "learned_gate" in name else tensor for name, tensor in tensors.items()}
+    config = json.loads(metadata_of(saved)["m2chat.config"])
+    rewrite(saved, old, **{"m2chat.format_version": "1", "m2chat.config": json.dumps({**config, "format_version": 1})})
+    loaded = load_adapter_file(saved)
+    assert loaded.adapter_state["learned_gate.scale"].shape == (1,)
+    assert loaded.build_adapter().learned_gate.scale.item() == 1.25
+    resaved = save_adapter_file(saved.parent / "resaved.safetensors", loaded.build_adapter())
+    assert metadata_of(resaved)["m2chat.format_version"] == "2"
+    assert load_adapter_file(resaved).config.format_version == 2
+
+
 def test_built_adapter_reproduces_outputs(saved):
     features = VLMFeatures(
         caption_hidden_states=torch.randn(1, 2, 4, 16),
@@ -115,7 +130,7 @@ def test_built_adapter_reproduces_outputs(saved):
 
 def test_metadata_holds_config_json_and_format_version(saved):
     metadata = metadata_of(saved)
-    assert metadata["m2chat.format_version"] == "1"
+    assert metadata["m2chat.format_version"] == "2"
     assert M3AdapterConfig.from_dict(json.loads(metadata["m2chat.config"])) == CONFIG
     assert all(name.startswith("adapter.") for name in tensors_of(saved))
 
@@ -242,7 +257,7 @@ def test_plain_safetensors_is_not_an_adapter(tmp_path):
         load_adapter_file(path)
 
 
-@pytest.mark.parametrize(("version", "fix"), [("2", "update comfyui-m2chat"), ("zero", "re-export")])
+@pytest.mark.parametrize(("version", "fix"), [("3", "update comfyui-m2chat"), ("zero", "re-export")])
 def test_unknown_or_newer_format_version_is_refused(saved, version, fix):
     rewrite(saved, tensors_of(saved), **{"m2chat.format_version": version})
     with pytest.raises(UnsupportedFormatVersionError, match=fix):

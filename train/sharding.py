@@ -1,0 +1,20 @@
+"""Trained tensors out of sharded training: FSDP2 (`fully_shard`, accelerate's FSDP with
+fsdp_version 2) keeps each parameter as a DTensor holding this process's shard; the
+adapter file needs the whole tensors. Gathering is a collective, so every process calls
+these functions, in the same order, and the processes that write files use the result."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from every process when sharded, else `tensor` itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def gathered_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with every sharded entry gathered, detached, on the CPU."""
+    return {name: full_tensor(tensor).detach().cpu() for name, tensor in module.state_dict().items()}
