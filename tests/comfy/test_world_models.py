@@ -32,11 +32,11 @@ def test_native_vae_loader_reads_the_world_vae_and_matches_it(comfy):
 
 
 def test_native_unet_loader_reads_the_world_unet_as_sdxl_and_matches_it(comfy):
-    import comfy.model_base
+    from comfy.model_base import SDXL
 
     patcher, = comfy.node_class("UNETLoader")().load_unet(SHIPPED.unet.name, "default")
     model = patcher.model
-    assert isinstance(model, comfy.model_base.SDXL) and type(model.model_config).__name__ == "WorldSDXL"
+    assert isinstance(model, SDXL) and type(model.model_config).__name__ == "WorldSDXL"
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 16, 16, generator=generator)
     context = torch.randn(2, 77, 2048, generator=generator)
