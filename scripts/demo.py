@@ -27,8 +27,8 @@ RUNS = {  # workflow -> (the world text it runs with, the text file its words go
 
 
 def _texts(prompt: dict, entry: dict) -> str:
-    """The story (M2ChatStory's text) or the caption (shown by PreviewAny)."""
-    lines = [line for node_id, node in prompt.items() if node["class_type"] in ("M2ChatStory", "PreviewAny")
+    """What the workflow's PreviewAny shows: the story, or the caption."""
+    lines = [line for node_id, node in prompt.items() if node["class_type"] == "PreviewAny"
              for line in entry["outputs"].get(node_id, {}).get("text", [])]
     return "\n".join(lines) + "\n"
 
@@ -59,9 +59,10 @@ def main() -> int:
     for path in sorted(written):
         print(f"  {path}")
     print(f"\nServer log: {server.log_path}\n"
-          "These come from the shapes world's small trained models (train/world/weights): the\n"
-          "pictures show what the story and the request name. For your own pictures, install the\n"
-          "pack into your ComfyUI and load workflows/ with real models (README.md, 'Where the models go').")
+          "These come from the shapes world's small models (train/world/weights), trained on a\n"
+          "CPU and still short of their targets: README.md, 'Shapes world', says what they follow.\n"
+          "For your own pictures, install the pack into your ComfyUI and load workflows/ with real\n"
+          "models (README.md, 'Where the models go').")
     return 0
 
 

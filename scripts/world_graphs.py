@@ -138,4 +138,6 @@ def world_workflow(api_prompt: dict, text: str) -> dict:
             inputs.update(width=IMAGE_SIZE, height=IMAGE_SIZE)
         elif node["class_type"] == "KSampler":
             inputs.update(steps=STEPS, cfg=GUIDANCE)
+        elif node["class_type"] == "M2ChatStoryboard":
+            inputs.update(title=text)
     return swap_checkpoints(prompt, WORLD_CHECKPOINT_PARTS)
