@@ -9,7 +9,6 @@ weights randn/sqrt(fan_in), norm weights 1, biases 0. Same seed, byte-identical 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import comfy.ops
@@ -17,27 +16,12 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from safetensors.torch import save_file
 
-from train.world.sdxl import WORLD_UNET_CONFIG
+from train.world.sdxl import WORLD_UNET_CONFIG, seeded_state_dict
 
 TINY_UNET_NAME = "m2chat-tiny-sdxl.safetensors"
 # The world's UNet (SDXL's contracts: 2048-wide cross-attention context, 2816-wide ADM
 # vector, 4 latent channels) at half its width: one attention level of 64 channels.
 TINY_UNET_CONFIG = {**WORLD_UNET_CONFIG, "model_channels": 32}
-
-
-def seeded_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, tensor in module.state_dict().items():
-        if tensor.ndim >= 2:
-            fan_in = math.prod(tensor.shape[1:])
-            value = torch.randn(tensor.shape, generator=generator) / math.sqrt(fan_in)
-        elif name.endswith("bias"):
-            value = torch.zeros(tensor.shape)
-        else:  # norm weights and scalar parameters
-            value = torch.ones(tensor.shape)
-        state[name] = value.contiguous()
-    return state
 
 
 def build_tiny_comfyui_models(models_dir: str | Path, *, seed: int = 0) -> dict[str, Path]:

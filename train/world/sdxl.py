@@ -15,6 +15,7 @@ ComfyUI detects SDXL UNets by their real sizes; the test/demo extension
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,29 +62,40 @@ def text_encoder_config(hidden_size: int, act: str) -> dict:
             "eos_token_id": 49407, "bos_token_id": 0, "pad_token_id": 1}
 
 
-def text_encoder_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded weights in which each output position keeps its own token's identity: token
-    embeddings N(0, 1), position embeddings N(0, 0.3^2), the residual branches' output
-    projections scaled by 0.25 (each position still sees its prefix, more weakly). A
-    randomly initialised CLIP instead drowns the tokens in attention mixtures, which a
-    UNet learns to read far more slowly. Other matrices: randn / sqrt(fan_in); norms 1, biases 0."""
+def seeded_state_dict(module: torch.nn.Module, seed: int,
+                      matrix: Callable[[str, torch.Size, torch.Generator], torch.Tensor] | None = None,
+                      ) -> dict[str, torch.Tensor]:
+    """Seeded weights for every tensor of `module`: matrices `matrix(name, shape, generator)`
+    (default randn / sqrt(fan_in)), biases 0, norm weights and scalars 1. Same seed, same bytes."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in module.state_dict().items():
-        if name.endswith("token_embedding.weight"):
-            value = torch.randn(tensor.shape, generator=generator)
-        elif name.endswith("position_embedding.weight"):
-            value = torch.randn(tensor.shape, generator=generator) * 0.3
-        elif tensor.ndim >= 2:
-            value = torch.randn(tensor.shape, generator=generator) / math.sqrt(math.prod(tensor.shape[1:]))
-            if name.endswith(("out_proj.weight", "fc2.weight")):
-                value = value * 0.25
+        if tensor.ndim >= 2:
+            value = (matrix or fan_in_matrix)(name, tensor.shape, generator)
         elif name.endswith("bias"):
             value = torch.zeros(tensor.shape)
         else:  # norm weights and scalar parameters
             value = torch.ones(tensor.shape)
         state[name] = value.contiguous()
     return state
+
+
+def fan_in_matrix(_name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator) / math.sqrt(math.prod(shape[1:]))
+
+
+def text_encoder_matrix(name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """Weights in which each output position keeps its own token's identity: token
+    embeddings N(0, 1), position embeddings N(0, 0.3^2), the residual branches' output
+    projections scaled by 0.25 (each position still sees its prefix, more weakly). A
+    randomly initialised CLIP instead drowns the tokens in attention mixtures, which a
+    UNet learns to read far more slowly."""
+    if name.endswith("token_embedding.weight"):
+        return torch.randn(shape, generator=generator)
+    if name.endswith("position_embedding.weight"):
+        return torch.randn(shape, generator=generator) * 0.3
+    value = fan_in_matrix(name, shape, generator)
+    return value * 0.25 if name.endswith(("out_proj.weight", "fc2.weight")) else value
 
 
 def build_text_encoders(seed: int = TEXT_ENCODER_SEED):
@@ -112,7 +124,7 @@ def build_text_encoders(seed: int = TEXT_ENCODER_SEED):
         tokenizer = comfy.sdxl_clip.SDXLTokenizer
 
     clip = comfy.sd.CLIP(target=Target(), model_options={"dtype": torch.float32})
-    clip.cond_stage_model.load_state_dict(text_encoder_state(clip.cond_stage_model, seed))
+    clip.cond_stage_model.load_state_dict(seeded_state_dict(clip.cond_stage_model, seed, text_encoder_matrix))
     return clip
 
 
