@@ -71,4 +71,8 @@ def test_training_with_the_cache_matches_training_without(runner, tmp_path, one_
         ]
         exports.append(load_adapter_file(Trainer(parse_command_line(Stage1Config, arguments)).fit().export_path))
     plain, cached = (export.adapter_state for export in exports)
-    assert max(float((plain[name] - cached[name]).abs().max()) for name in plain) < 1e-4
+    # Float-level differences between cached and recomputed encodings reach the weights
+    # through Adam (lr 1e-3), which rescales near-zero gradients: up to ~1e-4 per element
+    # after 3 steps (1.1e-4 measured with the noise keyed by global batch). A wrong cache
+    # row changes the gradients themselves and moves most weights by about lr per step.
+    assert max(float((plain[name] - cached[name]).abs().max()) for name in plain) < 2e-4
