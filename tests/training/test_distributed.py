@@ -33,7 +33,10 @@ def _free_port() -> str:
 def _torchrun_stage1(runner, arguments: list[str], *, use_cpu: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", _free_port(), "-m", "train.stage1", *arguments]
-    env = {**runner.env(), **({"ACCELERATE_USE_CPU": "true"} if use_cpu else {})}  # accelerate's multi-CPU (gloo) mode
+    # accelerate's multi-CPU (gloo) mode, or (use_cpu False) none: an in-process Trainer of an
+    # earlier test may have left ACCELERATE_USE_CPU in this process's environment.
+    env = {name: value for name, value in runner.env().items() if name != "ACCELERATE_USE_CPU"}
+    env.update({"ACCELERATE_USE_CPU": "true"} if use_cpu else {})
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
 
 

@@ -21,8 +21,10 @@ class ComfyUIMissingError(RuntimeError):
 
 def import_comfyui() -> None:
     """Make `comfy` importable (CPU, no argument parsing); a clear error if it is not there."""
-    if "comfy" in sys.modules:
+    if "comfy.options" in sys.modules:  # inside a running ComfyUI, or imported before
         return
+    # ComfyUI's `comfy` is a namespace package, so another `comfy` folder on the path (the
+    # test tier tests/comfy) may already be imported: it picks ComfyUI's up once it is on the path.
     if not (COMFYUI_PATH / "comfy").is_dir():
         raise ComfyUIMissingError(
             f"ComfyUI is not at {COMFYUI_PATH}; set COMFYUI_PATH to a ComfyUI checkout or run "
