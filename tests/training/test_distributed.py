@@ -33,9 +33,12 @@ def _free_port() -> str:
 def _torchrun_stage1(runner, arguments: list[str], *, use_cpu: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", _free_port(), "-m", "train.stage1", *arguments]
-    # accelerate's multi-CPU (gloo) mode, or (use_cpu False) none: an in-process Trainer of an
-    # earlier test may have left ACCELERATE_USE_CPU in this process's environment.
-    env = {name: value for name, value in runner.env().items() if name != "ACCELERATE_USE_CPU"}
+    # accelerate's multi-CPU (gloo) mode, or (use_cpu False) none. In-process trainers of earlier
+    # tests may have left accelerate's or torch.distributed's variables in this process's
+    # environment: the launch gets only the launcher's own.
+    inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {name: value for name, value in runner.env().items()
+           if not name.startswith("ACCELERATE_") and name not in inherited}
     env.update({"ACCELERATE_USE_CPU": "true"} if use_cpu else {})
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
 
