@@ -77,10 +77,16 @@ def test_checkpoints_with_a_slowed_rank_are_complete_on_every_disk(disk, tmp_pat
         assert {name for name in names if name.startswith("random_states")} == {f"random_states_{rank}.pkl" for rank in ranks}
 
 
-def test_processes_that_accelerate_does_not_see_as_one_run_are_refused(runner, tmp_path):
-    """torchrun starts 2 processes, but without ACCELERATE_USE_CPU accelerate on a CPU machine
-    sees 2 single-process runs that would overwrite each other's output folder."""
+def test_two_launched_processes_never_train_as_two_separate_runs(runner, tmp_path):
+    """torchrun starts 2 processes without ACCELERATE_USE_CPU. Where accelerate sees each as
+    a run of its own (1.15 on a CPU machine), they would overwrite each other's output
+    folder: refused, naming the fix. Where it joins them into one 2-process run (1.10), that
+    run is fine: its checkpoints record 2 processes."""
     result = _torchrun_stage1(runner, runner.overrides(1, tmp_path / "run"), use_cpu=False)
+    if result.returncode == 0:
+        newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+        assert json.loads((newest / "trainer_state.json").read_text())["num_processes"] == 2
+        return
     assert f"exitcode  : {EXIT_RUN_FAULT}" in result.stderr, result.stderr[-3000:]
     assert "The launcher started 2 processes (WORLD_SIZE=2), but accelerate sees 1" in result.stderr
     assert "ACCELERATE_USE_CPU=true" in result.stderr
