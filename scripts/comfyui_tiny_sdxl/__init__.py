@@ -4,9 +4,10 @@ UNets and gives native graphs the world's SDXL text encoders.
 ComfyUI recognises SDXL UNets by their real sizes only. This extension registers
 subclasses of `comfy.supported_models.SDXL` whose `unet_config` matches the tiny UNet that
 `builder.build_tiny_comfyui_models` writes (random weights, for tests) and the shapes
-world's trained UNet (train/world/sdxl.py), so the native UNETLoader loads them as SDXL
-(SDXL conditioning, 2816-wide ADM input, 4-channel SDXL latents). It lives outside the
-pack's `nodes/` because users never need it.
+world's trained UNet (`train.world.sdxl.register_world_sdxl`, with the world's text
+encoders for its single-file checkpoint), so the native UNETLoader and
+CheckpointLoaderSimple load them as SDXL (SDXL conditioning, 2816-wide ADM input,
+4-channel SDXL latents). It lives outside the pack's `nodes/` because users never need it.
 """
 
 import sys
@@ -17,7 +18,7 @@ import comfy.supported_models
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository, for train.world
-from train.world.sdxl import DETECTION_KEYS, WORLD_UNET_CONFIG, build_text_encoders  # noqa: E402
+from train.world.sdxl import DETECTION_KEYS, build_text_encoders, register_world_sdxl  # noqa: E402
 
 from .builder import TINY_UNET_CONFIG  # noqa: E402
 
@@ -26,13 +27,9 @@ class TinySDXL(comfy.supported_models.SDXL):
     unet_config = {key: TINY_UNET_CONFIG[key] for key in DETECTION_KEYS}
 
 
-class WorldSDXL(comfy.supported_models.SDXL):
-    unet_config = {key: WORLD_UNET_CONFIG[key] for key in DETECTION_KEYS}
-
-
-for model_class in (TinySDXL, WorldSDXL):
-    if model_class not in comfy.supported_models.models:
-        comfy.supported_models.models.insert(0, model_class)
+if TinySDXL not in comfy.supported_models.models:
+    comfy.supported_models.models.insert(0, TinySDXL)
+register_world_sdxl()
 
 class TinySDXLConditioning:
     """Seeded random SDXL conditioning (77x2048 + pooled 1280), for native graphs in

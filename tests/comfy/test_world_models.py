@@ -1,11 +1,13 @@
 """The shapes world's shipped SDXL parts load through ComfyUI's native loaders and compute
 there exactly what train/world trained: the UNet (detected as SDXL), the taesdxl VAE
-(identity blocks included), the text encoders, and SDXL's size conditioning."""
+(identity blocks included), the text encoders, and SDXL's size conditioning; and all
+three from one single-file checkpoint through CheckpointLoaderSimple."""
 
 from __future__ import annotations
 
 import torch
 
+from train.world.checkpoint import CHECKPOINT_FILE, write_checkpoint
 from train.world.layout import SHIPPED
 from train.world.sdxl import alphas_cumprod, build_text_encoders, encode_captions, load_unet, size_vector
 from train.world.taesd import load_taesd
@@ -61,3 +63,31 @@ def test_text_encoders_match_clip_text_encode(comfy):
         torch.testing.assert_close(context[0], contexts[index])
         torch.testing.assert_close(extra["pooled_output"][0], pooled[index])
     assert (contexts[0] - contexts[1]).abs().amax() > 1  # different captions, different contexts
+
+
+def test_checkpoint_loader_reads_the_world_checkpoint_as_its_three_parts(comfy):
+    path = comfy.models_dir / "checkpoints" / CHECKPOINT_FILE
+    write_checkpoint(path)
+    try:
+        model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(CHECKPOINT_FILE)[:3]
+    finally:
+        path.unlink()  # about 290 MB
+    assert type(model.model.model_config).__name__ == "WorldSDXL"
+    generator = torch.Generator().manual_seed(1)
+    x, context = torch.randn(1, 4, 16, 16, generator=generator), torch.randn(1, 77, 2048, generator=generator)
+    y = torch.cat([torch.randn(1, 1280, generator=generator), size_vector(1, 128)], dim=1)
+    with torch.no_grad():
+        native = model.model.diffusion_model(x, torch.tensor([500]), context=context, y=y).float()
+        trained = load_unet(SHIPPED.unet)(x, torch.tensor([500]), context=context, y=y)
+    torch.testing.assert_close(native, trained, atol=1e-4, rtol=1e-4)
+
+    # ComfyUI runs a checkpoint's text encoders in float16 (1e-3 from float32 here); other
+    # weights or layers would be off by about 1.
+    contexts, pooled = encode_captions(build_text_encoders(0), CAPTIONS[:1])
+    (context, extra), = comfy.node_class("CLIPTextEncode")().encode(clip, CAPTIONS[0])[0]
+    torch.testing.assert_close(context[0].float(), contexts[0], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(extra["pooled_output"][0].float(), pooled[0], atol=1e-2, rtol=1e-2)
+
+    pixels = torch.rand(1, 64, 64, 3)
+    expected = comfy.node_class("VAELoader")().load_vae("taesdxl")[0].encode(pixels)
+    torch.testing.assert_close(vae.encode(pixels), expected)

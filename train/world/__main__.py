@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers,checkpoint} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..config_loading import coerce
 from .comfyui import ComfyUIMissingError
 from .config import (
     BuildConfig,
+    CheckpointConfig,
     DataConfig,
     DiffusersConfig,
     JudgeConfig,
@@ -22,10 +23,12 @@ from .config import (
     VaeConfig,
     VlmConfig,
 )
+from .layout import WeightsLayout
 from .loop import ResumeError
 
 COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "vlm": VlmConfig,
-            "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig}
+            "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig,
+            "checkpoint": CheckpointConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +89,9 @@ def run(config) -> None:
     elif isinstance(config, DiffusersConfig):
         from .diffusers_folder import write_diffusers_folder
         write_diffusers_folder(config)
+    elif isinstance(config, CheckpointConfig):
+        from .checkpoint import write_checkpoint
+        write_checkpoint(Path(config.out), WeightsLayout(Path(config.weights)))
     elif isinstance(config, VlmConfig):
         from .vlm_training import train_vlm
         train_vlm(config)

@@ -177,13 +177,31 @@ class DiffusersConfig:
     weights: str = str(SHIPPED.root)  # a folder in the shipped layout (layout.py), e.g. a build's --weights
 
     def __post_init__(self) -> None:
-        weights = WeightsLayout(Path(self.weights))
-        for path in (weights.unet, weights.vae / ENCODER_FILE, weights.vae / DECODER_FILE):
-            _check(path.is_file(), "weights", f"{self.weights} has no {path.relative_to(weights.root)}; give a folder "
-                   "written by `python -m train.world build` (its --weights), e.g. train/world/weights.")
+        _check_sdxl_weights(self.weights)
         out = Path(self.out)
         _check(not out.exists() or (out / "model_index.json").is_file() or (out.is_dir() and not any(out.iterdir())),
                "out", f"{out} exists and is not a diffusers folder (which would be replaced); choose a new folder.")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Write the world's SDXL (from --weights) as one checkpoint for CheckpointLoaderSimple to --out."""
+
+    out: str  # a .safetensors file, e.g. ComfyUI/models/checkpoints/m2chat-world-sdxl-checkpoint.safetensors
+    weights: str = str(SHIPPED.root)  # a folder in the shipped layout (layout.py), e.g. a build's --weights
+
+    def __post_init__(self) -> None:
+        _check_sdxl_weights(self.weights)
+        _check(self.out.endswith(".safetensors") and not Path(self.out).is_dir(), "out",
+               f"{self.out} must be a .safetensors file path (CheckpointLoaderSimple lists those).")
+
+
+def _check_sdxl_weights(folder: str) -> None:
+    """`folder` holds the world's SDXL parts in the shipped layout."""
+    weights = WeightsLayout(Path(folder))
+    for path in (weights.unet, weights.vae / ENCODER_FILE, weights.vae / DECODER_FILE):
+        _check(path.is_file(), "weights", f"{folder} has no {path.relative_to(weights.root)}; give a folder "
+               "written by `python -m train.world build` (its --weights), e.g. train/world/weights.")
 
 
 @dataclass(frozen=True)

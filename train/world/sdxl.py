@@ -8,12 +8,14 @@ exactly what was trained:
   channels), trained with epsilon-prediction on the world VAE's latents (unet_training.py);
 - the VAE: the TAESD-format autoencoder of taesd.py.
 
-ComfyUI detects SDXL UNets by their real sizes; the test/demo extension
-(scripts/comfyui_tiny_sdxl) registers WORLD_UNET_CONFIG so UNETLoader reads this one as SDXL.
+ComfyUI detects SDXL UNets by their real sizes; `register_world_sdxl` (called by the
+test/demo extension scripts/comfyui_tiny_sdxl) teaches it WORLD_UNET_CONFIG, so UNETLoader
+and CheckpointLoaderSimple read the world's files as SDXL.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -98,12 +100,13 @@ def text_encoder_matrix(name: str, shape: torch.Size, generator: torch.Generator
     return value * 0.25 if name.endswith(("out_proj.weight", "fc2.weight")) else value
 
 
-def build_text_encoders(seed: int = TEXT_ENCODER_SEED):
-    """A native `comfy.sd.CLIP` (SDXL: CLIP-L + OpenCLIP-G) with the world's seeded weights."""
+@functools.cache
+def world_clip_target():
+    """ComfyUI's ClipTarget for the world's text encoders: SDXL's CLIP classes and tokenizer
+    at TEXT_ENCODER_LAYERS. TinySDXLCLIPLoader and CheckpointLoaderSimple build from it."""
     import_comfyui()
-    import comfy.sd
     import comfy.sdxl_clip
-    from comfy import sd1_clip
+    from comfy import sd1_clip, supported_models_base
 
     class WorldSDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
         def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 - ComfyUI's signature
@@ -118,14 +121,35 @@ def build_text_encoders(seed: int = TEXT_ENCODER_SEED):
                 model_options={**model_options, "model_name": "clip_g"})
             self.dtypes = {dtype}
 
-    class Target:
-        params: dict = {}
-        clip = WorldSDXLClipModel
-        tokenizer = comfy.sdxl_clip.SDXLTokenizer
+    return supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, WorldSDXLClipModel)
 
-    clip = comfy.sd.CLIP(target=Target(), model_options={"dtype": torch.float32})
+
+def build_text_encoders(seed: int = TEXT_ENCODER_SEED, dtype: torch.dtype = torch.float32):
+    """A native `comfy.sd.CLIP` (SDXL: CLIP-L + OpenCLIP-G) with the world's seeded weights."""
+    target = world_clip_target()
+    import comfy.sd
+
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": dtype})
     clip.cond_stage_model.load_state_dict(seeded_state_dict(clip.cond_stage_model, seed, text_encoder_matrix))
     return clip
+
+
+@functools.cache
+def register_world_sdxl() -> type:
+    """Teach ComfyUI's model detection the world's UNet (SDXL at WORLD_UNET_CONFIG) with the
+    world's text encoders, so UNETLoader and CheckpointLoaderSimple read the world's files
+    as SDXL. Returns the registered `comfy.supported_models` class."""
+    import_comfyui()
+    import comfy.supported_models
+
+    class WorldSDXL(comfy.supported_models.SDXL):
+        unet_config = {key: WORLD_UNET_CONFIG[key] for key in DETECTION_KEYS}
+
+        def clip_target(self, state_dict={}):  # noqa: B006 - ComfyUI's signature
+            return world_clip_target()
+
+    comfy.supported_models.models.insert(0, WorldSDXL)
+    return WorldSDXL
 
 
 def encode_captions(clip, captions: list[str], batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
