@@ -439,8 +439,9 @@ class Trainer:
 
     # --- checkpoints and export ----------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path:
-        """Checkpoint the current step, unless it already is (decided alike on every process)."""
+    def save_checkpoint(self, trained: tuple[dict[str, torch.Tensor], VLMDeltas | None] | None = None) -> Path:
+        """Checkpoint the current step, unless it already is (decided alike on every process);
+        `trained`: this step's `trained_tensors()` where the caller has them already."""
         if self.saved_step == self.global_step:
             return self.checkpoints / f"checkpoint-{self.global_step}"
         self.saved_step = self.global_step
@@ -452,7 +453,7 @@ class Trainer:
             max_steps=self.max_steps,
             num_processes=self.accelerator.num_processes,
         )
-        trained = self.trained_tensors()
+        trained = trained or self.trained_tensors()
 
         def write_files(folder: Path) -> None:
             self.write_adapter(folder / ADAPTER_FILE_NAME, trained)
@@ -478,9 +479,9 @@ class Trainer:
                                  adapter_state=adapter_state)
 
     def finish(self) -> FitResult:
-        self.save_checkpoint()
+        trained = self.trained_tensors()  # gathered once for the last checkpoint and the export
+        self.save_checkpoint(trained)
         export_path = Path(self.config.engine.export_path or self.output_dir / DEFAULT_EXPORT_NAME)
-        trained = self.trained_tensors()
         if self.accelerator.is_main_process:
             try:
                 export_path.parent.mkdir(parents=True, exist_ok=True)
