@@ -10,9 +10,8 @@ import torch
 from train.world.checkpoint import CHECKPOINT_FILE, write_checkpoint
 from train.world.layout import SHIPPED
 from train.world.sdxl import alphas_cumprod, build_text_encoders, encode_captions, load_unet, size_vector
-from train.world.taesd import load_taesd
+from train.world.taesd import TAESDXL_SCALE, load_taesd
 
-SDXL_SCALE = 0.13025  # ComfyUI's vae_scale for "taesdxl" and SDXL's latent scale factor
 CAPTIONS = ["a small red star at the top left on a grey background",
             "a large blue circle in the middle and a small green cross at the bottom on a white background", ""]
 
@@ -26,8 +25,8 @@ def test_native_vae_loader_reads_the_world_vae_and_matches_it(comfy):
     with torch.no_grad():
         latent = vae.encode(pixels)  # ComfyUI's latent space (divided by the scale)
         decoded = vae.decode(latent)
-        expected_latent = world_vae.encoder(pixels.permute(0, 3, 1, 2)) / SDXL_SCALE
-        expected_pixels = world_vae.decoder(latent.float() * SDXL_SCALE).clamp(0, 1).permute(0, 2, 3, 1)
+        expected_latent = world_vae.encoder(pixels.permute(0, 3, 1, 2)) / TAESDXL_SCALE
+        expected_pixels = world_vae.decoder(latent.float() * TAESDXL_SCALE).clamp(0, 1).permute(0, 2, 3, 1)
     assert latent.shape == (2, 4, 8, 8)
     torch.testing.assert_close(latent.float(), expected_latent, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(decoded.reshape(expected_pixels.shape).float(), expected_pixels, atol=1e-3, rtol=0)
@@ -71,7 +70,7 @@ def test_checkpoint_loader_reads_the_world_checkpoint_as_its_three_parts(comfy):
     try:
         model, clip, vae = comfy.node_class("CheckpointLoaderSimple")().load_checkpoint(CHECKPOINT_FILE)[:3]
     finally:
-        path.unlink()  # about 290 MB
+        path.unlink()  # 298 MB
     assert type(model.model.model_config).__name__ == "WorldSDXL"
     generator = torch.Generator().manual_seed(1)
     x, context = torch.randn(1, 4, 16, 16, generator=generator), torch.randn(1, 77, 2048, generator=generator)

@@ -5,7 +5,7 @@ layout (`model.diffusion_model.`, `first_stage_model.`, `conditioner.embedders.`
 
 The text encoders are stored in float16, the dtype CheckpointLoaderSimple gives text
 encoders on every device (as in SDXL's own checkpoints). The file is assembled from the
-shipped parts (about 290 MB: the text encoders' full SDXL vocabularies), so it is written
+shipped parts (298 MB: mostly the text encoders' full SDXL vocabularies), so it is written
 on demand and never shipped:
 
     python -m train.world checkpoint --out models/checkpoints/m2chat-world-sdxl-checkpoint.safetensors
@@ -23,10 +23,9 @@ from .comfyui import import_comfyui
 from .files import atomic_path
 from .layout import SHIPPED, WeightsLayout
 from .sdxl import TEXT_ENCODER_SEED, build_text_encoders, register_world_sdxl
-from .taesd import DECODER_FILE, ENCODER_FILE
+from .taesd import DECODER_FILE, ENCODER_FILE, TAESDXL_SCALE
 
 CHECKPOINT_FILE = "m2chat-world-sdxl-checkpoint.safetensors"  # models/checkpoints/
-TAESDXL_SCALE = 0.13025  # the latent scale ComfyUI's VAELoader gives "taesdxl" (SDXL's)
 
 
 def taesdxl_state_dict(vae_folder: Path) -> dict[str, torch.Tensor]:

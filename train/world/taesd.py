@@ -23,6 +23,7 @@ WIDTH = 64
 LATENT_CHANNELS = 4
 ENCODER_FILE = "taesdxl_encoder.safetensors"
 DECODER_FILE = "taesdxl_decoder.safetensors"
+TAESDXL_SCALE = 0.13025  # ComfyUI's vae_scale for "taesdxl": SDXL's latent scale factor
 # Blocks trained as a plain ReLU (zero convolutions): the full-resolution block and one
 # 64²-level block of each half; the rest of the layout is ComfyUI's, unchanged.
 IDENTITY_BLOCKS = {"encoder": (1, 3), "decoder": (13, 18)}
