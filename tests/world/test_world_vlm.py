@@ -18,17 +18,21 @@ from train.world import vlm_data
 from train.world.__main__ import main
 from train.world.config import VlmConfig
 from train.world.language import caption
-from train.world.loop import CHECKPOINT_NAME
-from train.world.scenes import is_held_out
+from train.world.judge import scene_labels
+from train.world.loop import CHECKPOINT_NAME, _warmup_cosine
+from train.world.render import render
+from train.world.scenes import Scene, WorldObject, is_held_out
 from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, training_turn, world_turn
-from train.world.vlm_measure import generate
+from train.world.vlm_measure import generate, measure_vlm, measurement_turns
 from train.world.vlm_model import build_world_vlm, marker_rows
 from train.world.layout import SHIPPED, VLM_NAME
 from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, train_vlm
 from train.world.vocabulary import HELD_OUT_PAIRS
 
 TINY_VLM = dict(width=32, layers=1, vision_width=32, vision_layers=1, image_size=48, batch_size=2, steps=4,
-                warmup_steps=1, checkpoint_every=2, evaluate_every=2, eval_images=1)
+                warmup_steps=1, checkpoint_every=2, evaluate_every=2, eval_images=1, vision_steps=1,
+                vision_batch_size=2)
+VISION_STEPS = 150
 
 
 def _tiny_vlm(out: Path, **overrides) -> VlmConfig:
@@ -45,6 +49,7 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     (["--width", "48"], "width"),
     (["--vision-layers", "0"], "vision_layers"),
     (["--image-size", "100"], "image_size"),
+    (["--vision-steps", "900"], "vision_steps"),
     (["--learning-rate", "fast"], "learning_rate"),
 ])
 def test_a_bad_vlm_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
@@ -70,10 +75,10 @@ def test_an_interrupted_vlm_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_the_saved_folder_loads_offline_and_generates_through_the_pack(tmp_path):
-    train_vlm(_tiny_vlm(tmp_path, steps=1, evaluate_every=1))
+    train_vlm(_tiny_vlm(tmp_path, steps=1, evaluate_every=1, vision_steps=0))
     vlm = load_vlm(tmp_path / VLM_NAME)
     assert vlm.dtype == SAVED_DTYPE
-    trained = _checkpoint_weights(tmp_path)["model.model.language_model.embed_tokens.weight"]
+    trained = _checkpoint_weights(tmp_path)["model.vlm.model.language_model.embed_tokens.weight"]
     torch.testing.assert_close(vlm.input_embeddings.weight.float(), trained.to(SAVED_DTYPE).float(), rtol=0, atol=0)
     for marker in SPECIAL_TOKENS:  # the nodes' markers without an adapter are single trained tokens
         assert len(vlm.tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1
@@ -94,10 +99,44 @@ def test_the_vlm_learns_on_a_short_schedule(tmp_path):
     """Teacher-forced loss on fresh batches falls well below its start within 30 steps;
     a model whose inputs or labels were misaligned would stay near it."""
     config = _tiny_vlm(tmp_path, width=64, batch_size=4, steps=30, warmup_steps=3, checkpoint_every=30,
-                       evaluate_every=15, learning_rate=3e-3)
-    first = train_vlm(_tiny_vlm(tmp_path / "untrained", steps=1, evaluate_every=1))[-1]
+                       evaluate_every=15, learning_rate=3e-3, vision_steps=0)
+    first = train_vlm(_tiny_vlm(tmp_path / "untrained", steps=1, evaluate_every=1, vision_steps=0))[-1]
     last = train_vlm(config)[-1]
     assert last["loss"] < 0.5 * first["loss"]
+
+
+def test_each_cells_targets_belong_to_the_patch_that_shows_it():
+    """The tower's patch order (before any attention mixes them) is the targets' cell order."""
+    vlm = build_world_vlm(_tiny_vlm(Path("unused")))
+    empty = Scene("grey", ())
+    for row, column in ((0, 2), (2, 0), (1, 1)):
+        scene = Scene("grey", (WorldObject("red", "star", "large", row, column),))
+        pixels = vlm.processor.image_processor([render(empty), render(scene)], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            embedded = vlm.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[0][:, 1:]
+        changed = (embedded[0] - embedded[1]).abs().amax(dim=-1).nonzero().flatten().tolist()
+        shown = scene_labels([scene]).cell[0].nonzero().flatten().tolist()
+        assert changed == shown == [row * 3 + column]
+
+
+def test_the_vision_phase_teaches_the_tower_to_read_cells_and_then_freezes_it(tmp_path):
+    config = _tiny_vlm(tmp_path, steps=VISION_STEPS + 2, vision_steps=VISION_STEPS, vision_batch_size=16,
+                       learning_rate=3e-3, evaluate_every=VISION_STEPS, checkpoint_every=VISION_STEPS, eval_images=16)
+    curve = train_vlm(config, stop_after=VISION_STEPS)
+    assert curve[-1]["vision_colour"] >= 0.6 and curve[-1]["vision_position"] >= 0.6  # chance: 1/8, about 0
+    pretrained = _checkpoint_weights(tmp_path)
+    train_vlm(config)
+    trained = _checkpoint_weights(tmp_path)
+    tower = [name for name in trained if ".vision_tower." in name]
+    assert tower and all(torch.equal(trained[name], pretrained[name]) for name in tower)
+    language = "model.vlm.model.language_model.embed_tokens.weight"
+    assert not torch.equal(trained[language], pretrained[language])
+
+
+def test_the_language_phase_gets_its_own_warmup_and_cosine():
+    factor = _warmup_cosine(_tiny_vlm(Path("unused"), steps=20, vision_steps=10, warmup_steps=2).loop_settings())
+    assert factor(0) == factor(10) == 0.5 and factor(1) == factor(11) == 1.0
+    assert factor(9) < 0.2 and factor(19) < 0.2  # each phase anneals before it ends
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_WEIGHTS))
@@ -131,9 +170,12 @@ def test_measured_pictures_are_held_out_and_their_captions_read_back():
 
 
 def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pack():
-    """The committed folder: the pack's loader and encoder, and a caption in the world's
-    canonical form (its accuracy is in the README; it has not reached the targets yet)."""
+    """The committed folder through the pack's loader and encoder, on 32 held-out pictures
+    and 32 test-split follow-ups. Floors far above chance, below the measured 0.28 and 0.62
+    (README); issue 15's targets (0.90, 0.85) are not reached yet."""
     vlm = load_vlm(SHIPPED.vlm)
     result = generate(vlm, describe_turns(0, 1)[0])
     assert result.draws_image and not result.caption_start_forced  # it emits <|IC|> itself
     assert read_caption(result.caption) is not None
+    figures = measure_vlm(vlm, measurement_turns(0, 32))
+    assert figures["caption_exact"] >= 0.15 and figures["follow_up_resolved"] >= 0.4

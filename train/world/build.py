@@ -36,7 +36,8 @@ SCHEDULES: dict[str, dict[str, dict]] = {
         "unet": {"steps": 4, "batch_size": 4, "pool_scenes": 16, "evaluate_every": 4, "checkpoint_every": 4,
                  "eval_prompts": 2, "eval_steps": 2, "warmup_steps": 1},
         "vlm": {"steps": 2, "batch_size": 2, "evaluate_every": 2, "checkpoint_every": 2, "eval_images": 2,
-                "warmup_steps": 1, "width": 32, "layers": 1, "vision_width": 32, "vision_layers": 1},
+                "warmup_steps": 1, "width": 32, "layers": 1, "vision_width": 32, "vision_layers": 1,
+                "vision_steps": 1, "vision_batch_size": 2},
     },
 }
 

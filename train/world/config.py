@@ -3,7 +3,7 @@ on construction (before any work starts); the command line is generated from the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ConfigError
@@ -217,8 +217,10 @@ class VlmConfig(TrainingConfig):
     eval_images: int = 32  # held-out pictures to describe, and as many test-split follow-ups
     width: int = 128  # the language model's hidden size
     layers: int = 4
-    vision_width: int = 64
+    vision_width: int = 128
     vision_layers: int = 2
+    vision_steps: int = 300  # the first steps pretrain the vision tower alone (vision_pretraining.py)
+    vision_batch_size: int = 64
     image_size: int = 96  # the vision tower's input: one patch per grid cell (see vlm_model.py)
 
     def __post_init__(self) -> None:
@@ -226,7 +228,13 @@ class VlmConfig(TrainingConfig):
         for name in ("width", "vision_width"):
             value = getattr(self, name)
             _check(value >= 32 and value % 32 == 0, name, f"must be a multiple of 32, got {value}.")
-        for name in ("layers", "vision_layers"):
+        for name in ("layers", "vision_layers", "vision_batch_size"):
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
+        _check(0 <= self.vision_steps < self.steps, "vision_steps",
+               f"must be 0 or more and fewer than steps ({self.steps}), got {self.vision_steps}.")
         _check(self.image_size >= 48 and self.image_size % GRID == 0, "image_size",
                f"must be a multiple of {GRID} (one patch per grid cell) and at least 48, got {self.image_size}.")
+
+    def loop_settings(self) -> LoopSettings:
+        """The vision phase and the language phase each get their own warmup and cosine."""
+        return replace(super().loop_settings(), restart_at=self.vision_steps)

@@ -20,6 +20,7 @@ from .vocabulary import BACKGROUNDS, COLOURS, GRID, SHAPES, SIZES
 CELL_CLASSES = ("empty", *SHAPES)
 _COLOUR_NAMES, _SIZE_NAMES, _BACKGROUND_NAMES = list(COLOURS), list(SIZES), list(BACKGROUNDS)
 _HEAD_WIDTHS = (len(CELL_CLASSES), len(COLOURS), len(SIZES))
+CELL_LOGITS = sum(_HEAD_WIDTHS)  # per cell: shape or empty, colour, size
 ATTRIBUTES = ("position", "shape", "colour", "size", "background")
 SCORES = (*ATTRIBUTES, "colour_and_shape")  # colour_and_shape: both right on the same object
 
@@ -35,8 +36,8 @@ class Judge(nn.Module):
             nn.AvgPool2d(2), block(3, width // 2, 2), block(width // 2, width, 2), block(width, width, 1),
             block(width, 2 * width, 2), block(2 * width, 2 * width, 1), block(2 * width, 2 * width, 1),
         )
-        self.cells = nn.Sequential(nn.AdaptiveAvgPool2d(GRID), nn.Conv2d(2 * width, sum(_HEAD_WIDTHS), 1))
-        self.cell_bias = nn.Parameter(torch.zeros(sum(_HEAD_WIDTHS), GRID, GRID))  # per-position offset
+        self.cells = nn.Sequential(nn.AdaptiveAvgPool2d(GRID), nn.Conv2d(2 * width, CELL_LOGITS, 1))
+        self.cell_bias = nn.Parameter(torch.zeros(CELL_LOGITS, GRID, GRID))  # per-position offset
         self.background = nn.Linear(2 * width, len(BACKGROUNDS))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,11 @@ def scene_labels(scenes: list[Scene]) -> SceneLabels:
 
 
 def judge_loss(judge: Judge, images: torch.Tensor, labels: SceneLabels) -> torch.Tensor:
-    cells, background = judge(images)
+    return scene_loss(*judge(images), labels)
+
+
+def scene_loss(cells: torch.Tensor, background: torch.Tensor, labels: SceneLabels) -> torch.Tensor:
+    """Cross-entropy of per-cell logits (B, 9, CELL_LOGITS) and background logits (B, 3)."""
     shape_logits, colour_logits, size_logits = cells.float().split(_HEAD_WIDTHS, dim=-1)
     return (F.cross_entropy(shape_logits.flatten(0, 1), labels.cell.flatten())
             + F.cross_entropy(colour_logits.flatten(0, 1), labels.colour.flatten(), ignore_index=-100)
@@ -81,11 +86,14 @@ def judge_loss(judge: Judge, images: torch.Tensor, labels: SceneLabels) -> torch
 @torch.no_grad()
 def read_scenes(judge: Judge, images: torch.Tensor) -> list[Scene]:
     """What the judge sees in each image (object offsets are not read: (0, 0))."""
-    cells, background = judge(images)
+    return scenes_from_logits(*judge(images))
+
+
+def scenes_from_logits(cells: torch.Tensor, background: torch.Tensor) -> list[Scene]:
     shape_logits, colour_logits, size_logits = cells.float().split(_HEAD_WIDTHS, dim=-1)
     shapes, colours, sizes = shape_logits.argmax(-1), colour_logits.argmax(-1), size_logits.argmax(-1)
     scenes = []
-    for row in range(images.shape[0]):
+    for row in range(cells.shape[0]):
         objects = tuple(
             WorldObject(_COLOUR_NAMES[colours[row, index]], CELL_CLASSES[shapes[row, index]],
                         _SIZE_NAMES[sizes[row, index]], index // GRID, index % GRID)
@@ -114,7 +122,11 @@ def compare(seen: Scene, truth: Scene) -> dict[str, float]:
 
 def accuracy(judge: Judge, images: torch.Tensor, truths: list[Scene]) -> dict[str, float]:
     """Mean per-attribute agreement over a batch, plus `all` (every attribute right)."""
-    scores = [compare(seen, truth) for seen, truth in zip(read_scenes(judge, images), truths)]
+    return scene_accuracy(read_scenes(judge, images), truths)
+
+
+def scene_accuracy(seen: list[Scene], truths: list[Scene]) -> dict[str, float]:
+    scores = [compare(scene, truth) for scene, truth in zip(seen, truths)]
     means = {name: float(np.mean([score[name] for score in scores])) for name in SCORES}
     means["all"] = float(np.mean([all(value == 1.0 for value in score.values()) for score in scores]))
     return means

@@ -55,6 +55,7 @@ class LoopSettings:
     checkpoint_every: int
     evaluate_every: int
     bf16: bool
+    restart_at: int = 0  # > 0: a second schedule (warmup, cosine) runs from this step on
 
 
 class Trainable(Protocol):
@@ -137,10 +138,13 @@ def _evaluate(task: Trainable) -> dict[str, float]:
 
 
 def _warmup_cosine(settings: LoopSettings) -> Callable[[int], float]:
+    """Linear warmup, then cosine down to 5%; with `restart_at`, once before it and once after."""
     def factor(step: int) -> float:
+        first, last = (0, settings.restart_at) if step < settings.restart_at else (settings.restart_at, settings.steps)
+        step -= first
         if step < settings.warmup_steps:
             return (step + 1) / settings.warmup_steps
-        progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        progress = (step - settings.warmup_steps) / max(1, last - first - settings.warmup_steps)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(progress * math.pi))
     return factor
 

@@ -1,8 +1,10 @@
-"""Pretraining the world's VLM with loop.py: every step teacher-forces a batch of world
-turns through m2chat_core's own Eq. 1 sequences (prompt · answer · <|IC|> · caption ·
-<|img|>) and learns L_text on the answer and caption, including when to emit <|IC|>
-and <|img|>; evaluations generate through the pack's encoder (vlm_measure.py). At the
-end the weights are written as a Hugging Face folder, RUN_FOLDER/m2chat-world-vlm/."""
+"""Pretraining the world's VLM with loop.py: the first `vision_steps` steps pretrain the
+vision tower alone (vision_pretraining.py), which then stays frozen; every later step
+teacher-forces a batch of world turns through m2chat_core's own Eq. 1 sequences
+(prompt · answer · <|IC|> · caption · <|img|>) and learns L_text on the answer and
+caption, including when to emit <|IC|> and <|img|>; evaluations generate through the
+pack's encoder (vlm_measure.py). At the end the weights are written as a Hugging Face
+folder, RUN_FOLDER/m2chat-world-vlm/."""
 
 from __future__ import annotations
 
@@ -14,15 +16,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from m2chat_core.losses import IGNORE_INDEX, text_loss
 from m2chat_core.teacher_forcing import TeacherForcedOutput, forced_turn, prepare_batch, teacher_force
 from m2chat_core.vlm import LoadedVLM, load_vlm
 
 from .config import VlmConfig
-from .layout import SHIPPED, VLM_NAME
+from .layout import VLM_NAME
 from .files import atomic_path
 from .loop import train
+from .vision_pretraining import VisionHeads, test_scenes, training_scenes, vision_accuracy, vision_loss
 from .vlm_data import WorldTurn, training_turn
 from .vlm_measure import measure_vlm, measurement_turns
 from .vlm_model import MAX_CONTEXT, build_world_vlm, marker_rows
@@ -45,10 +49,20 @@ class VlmTask:
     def __init__(self, config: VlmConfig) -> None:
         self.config = config
         self.vlm = build_world_vlm(config)
-        self.model = self.vlm.model
+        torch.manual_seed(config.seed)
+        self.vision_heads = VisionHeads(config.vision_width)  # used in the vision phase only, not saved
+        self.model = nn.ModuleDict({"vlm": self.vlm.model, "vision_heads": self.vision_heads})
         self.measurement = measurement_turns(config.seed, config.eval_images)
+        self.vision_measurement = test_scenes(config.seed, config.eval_images)
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if step < self.config.vision_steps:
+            scenes = training_scenes(self.config.seed, step, self.config.vision_batch_size)
+            return vision_loss(self.vlm, self.vision_heads, scenes), {}
+        self.vlm.model.model.vision_tower.requires_grad_(False)  # frozen, as LLaVA-1.5 keeps CLIP
+        return self._text_loss(step)
+
+    def _text_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """L_text over the batch, fed as LENGTH_GROUPS forwards of turns of similar length
         (less padding; the same loss: every counted token weighs the same)."""
         samples = sorted((training_turn(self.config.seed, step, index) for index in range(self.config.batch_size)),
@@ -71,7 +85,9 @@ class VlmTask:
         return teacher_force(self.vlm, batch, marker_rows(self.vlm), (-1,), with_text_logits=True)
 
     def evaluate(self) -> dict[str, float]:
-        return measure_vlm(self.vlm, self.measurement)
+        """What the tower reads from held-out pictures' cells, and the VLM's captions."""
+        return {**vision_accuracy(self.vlm, self.vision_heads, self.vision_measurement),
+                **measure_vlm(self.vlm, self.measurement)}
 
 
 def train_vlm(config: VlmConfig, stop_after: int | None = None) -> list[dict[str, float]]:
