@@ -14,7 +14,7 @@ from train.config import AdapterConfig, ConfigError, Stage1Config, Stage2Config
 from train.config_loading import apply_overrides, build_config, field_paths, read_yaml
 
 CONFIGS = Path(train.__file__).resolve().parent / "configs"
-REPO_CONFIGS = ("paper_stage1", "paper_stage2", "tiny_stage1", "tiny_stage2")
+REPO_CONFIGS = ("paper_stage1", "paper_stage2", "tiny_stage1", "tiny_stage2", "world_stage1")
 
 
 def test_yaml_then_overrides_build_the_typed_config(runner, tmp_path):
