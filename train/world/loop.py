@@ -1,4 +1,4 @@
-"""The resumable training loop of the world's models (the judge, the VAE).
+"""The resumable training loop of the world's models (the judge, the VAE, the UNet, the VLM).
 
 A run lives in one folder: `checkpoint.safetensors` (the model's weights, AdamW's
 moments and the step; the config in its metadata), `train.log` and `curve.jsonl` (the
