@@ -49,7 +49,7 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     (["--width", "48"], "width"),
     (["--vision-layers", "0"], "vision_layers"),
     (["--image-size", "100"], "image_size"),
-    (["--vision-steps", "900"], "vision_steps"),
+    (["--vision-steps", "5000"], "vision_steps"),  # not fewer than the 4000 steps
     (["--learning-rate", "fast"], "learning_rate"),
 ])
 def test_a_bad_vlm_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
