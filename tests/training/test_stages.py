@@ -85,6 +85,17 @@ def test_export_on_demand_from_a_checkpoint(stage1, tmp_path):
     assert export_main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 1
 
 
+def test_half_precision_export_of_stage2_keeps_every_tensor_to_fp16_rounding(stage2, tmp_path):
+    out = tmp_path / "half.safetensors"
+    assert export_main([str(stage2[0]), "--out", str(out), "--dtype", "float16"]) == 0
+    half, full = _tensors(out), _tensors(stage2[0] / DEFAULT_EXPORT_NAME)
+    assert {tensor.dtype for tensor in half.values()} == {torch.float16}
+    assert any(name.startswith("vlm.") for name in half)  # the stage-2 VLM deltas too
+    for name, tensor in full.items():
+        torch.testing.assert_close(half[name].float(), tensor.float(), rtol=1e-3, atol=1e-4)
+    assert out.stat().st_size < 0.6 * (stage2[0] / DEFAULT_EXPORT_NAME).stat().st_size
+
+
 def _assert_checkpoints_complete(folder: Path) -> None:
     for entry in folder.iterdir():
         if entry.name.startswith("."):
