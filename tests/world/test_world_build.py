@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.vlm import load_vlm
 from train.world.__main__ import main
 from train.world.comfyui import REPO
@@ -46,12 +47,23 @@ def test_short_build_gathers_every_model_in_the_shipped_layout(built):
     assert all(f"Stage {stage}: finished" in log for stage in ("judge", "vae", "unet", "vlm"))
 
 
+def test_short_build_runs_m3ft_on_its_models_and_ships_a_half_precision_adapter(built):
+    adapter = load_adapter_file(WeightsLayout(built / "weights").adapter)
+    assert adapter.config.chosen_layers == (-1,) and adapter.config.width == 32  # the short M³FT recipe
+    assert adapter.config.gate_mode == "learned"  # stage 2's (world_stage2.yaml)
+    assert adapter.training_config["model"]["vlm"] == str(built / "weights" / "vlm")  # the build's own VLM
+    assert {tensor.dtype for tensor in adapter.adapter_state.values()} == {torch.float16}
+    assert any("multi_modal_projector" in name for name in adapter.vlm_deltas.tensors)  # stage 2 trained it
+    log = (built / "build.log").read_text()
+    assert all(f"Stage {stage}: finished" in log for stage in ("data", "sdxl", "stage1", "stage2", "export"))
+
+
 def test_a_rerun_resumes_from_the_finished_runs(built):
     unet_bytes = WeightsLayout(built / "weights").unet.read_bytes()
     (built / "unet" / WeightsLayout(built).unet.name).unlink()  # as if killed before the UNet was saved
     assert main(["build", "--out", str(built), "--schedule", "short"]) == 0
     log = (built / "build.log").read_text()
-    assert all(f"Stage {stage}: already finished" in log for stage in ("judge", "vae", "vlm"))
+    assert all(f"Stage {stage}: already finished" in log for stage in ("judge", "vae", "vlm", "stage1", "export"))
     assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
     assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
     assert (built / "unet" / POOL_FILE).is_file()  # the rerun read its training pool back

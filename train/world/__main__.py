@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers,checkpoint} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers,checkpoint,m3ft} --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .config import (
     DataConfig,
     DiffusersConfig,
     JudgeConfig,
+    M3ftConfig,
     MeasureConfig,
     UnetConfig,
     VaeConfig,
@@ -28,7 +29,7 @@ from .loop import ResumeError
 
 COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "vlm": VlmConfig,
             "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig,
-            "checkpoint": CheckpointConfig}
+            "checkpoint": CheckpointConfig, "m3ft": M3ftConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,10 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config) -> None:
     if isinstance(config, DataConfig):
-        from .dataset import SplitSizes, write_dataset
-        train_sizes = SplitSizes(config.images, config.dialogues, config.edits, config.stories)
-        test_sizes = SplitSizes(*(max(1, round(n * config.test_fraction)) for n in dataclasses.astuple(train_sizes)))
-        write_dataset(Path(config.out), config.seed, {"train": train_sizes, "test": test_sizes}, config.shard_size)
+        from .dataset import write_data
+        write_data(config)
     elif isinstance(config, JudgeConfig):
         from .training import train_judge
         train_judge(config)
@@ -95,6 +94,9 @@ def run(config) -> None:
     elif isinstance(config, VlmConfig):
         from .vlm_training import train_vlm
         train_vlm(config)
+    elif isinstance(config, M3ftConfig):
+        from .m3ft import run_m3ft
+        run_m3ft(config)
     else:
         from .measure import measure
         measure(config)

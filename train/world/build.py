@@ -4,21 +4,20 @@ Stages, each a training run in its own folder under --out (a killed build resume
 run from its last checkpoint; a finished stage is kept): the judge, the VAE, the UNet on
 the VAE's latents (scored by the judge during training), the VLM. Then the weights are gathered
 into --weights (default <out>/weights) in the shipped layout (layout.py), with each
-stage's last figures. The "short" schedule runs the same code for a few steps each (CI)."""
+stage's last figures, and M³FT on them (m3ft.py, in <out>/m3ft) adds the adapter. The
+"short" schedule runs the same code for a few steps each (CI)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from .config import BuildConfig, JudgeConfig, UnetConfig, VaeConfig, VlmConfig
+from .config import BuildConfig, JudgeConfig, M3ftConfig, UnetConfig, VaeConfig, VlmConfig
 from .files import atomic_path
 from .layout import JUDGE_FILE, TRAINING_FIGURES, VLM_NAME, WeightsLayout
-from .loop import logged_to
+from .loop import logged_to, run_stage
 from .sdxl import UNET_FILE
 from .taesd import DECODER_FILE, ENCODER_FILE
 
@@ -43,10 +42,22 @@ SCHEDULES: dict[str, dict[str, dict]] = {
 
 
 def build(config: BuildConfig) -> Path:
-    out = Path(config.out)
+    out, weights = Path(config.out), Path(config.weights or Path(config.out) / "weights")
     with logged_to(out / "build.log"):
         _train_stages(out, config.seed, SCHEDULES[config.schedule])
-        return gather(out, Path(config.weights or out / "weights"))
+        gather(out, weights)
+        add_adapter(weights, M3ftConfig(out=str(out / "m3ft"), weights=str(weights), schedule=config.schedule,
+                                        seed=config.seed))
+    return weights
+
+
+def add_adapter(weights: Path, m3ft: M3ftConfig) -> None:
+    """M³FT on the gathered world models, its adapter added to the weights folder."""
+    from .m3ft import run_m3ft
+
+    adapter = run_m3ft(m3ft)
+    with atomic_path(WeightsLayout(weights).adapter) as staging:
+        shutil.copy2(adapter, staging)
 
 
 def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
@@ -55,24 +66,14 @@ def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
     from .vlm_training import train_vlm
 
     judge = JudgeConfig(out=str(out / "judge"), seed=seed, **schedule["judge"])
-    _stage("judge", out / "judge" / JUDGE_FILE, lambda: train_judge(judge))
+    run_stage("judge", out / "judge" / JUDGE_FILE, lambda: train_judge(judge))
     vae = VaeConfig(out=str(out / "vae"), seed=seed, **schedule["vae"])
-    _stage("vae", out / "vae" / DECODER_FILE, lambda: train_vae(vae))
+    run_stage("vae", out / "vae" / DECODER_FILE, lambda: train_vae(vae))
     unet = UnetConfig(out=str(out / "unet"), seed=seed, vae=vae.out, judge=str(out / "judge" / JUDGE_FILE),
                       **schedule["unet"])
-    _stage("unet", out / "unet" / UNET_FILE, lambda: train_unet(unet))
+    run_stage("unet", out / "unet" / UNET_FILE, lambda: train_unet(unet))
     vlm = VlmConfig(out=str(out / "vlm"), seed=seed, **schedule["vlm"])
-    _stage("vlm", out / "vlm" / VLM_NAME, lambda: train_vlm(vlm))
-
-
-def _stage(name: str, finished: Path, run: Callable[[], object]) -> None:
-    if finished.exists():
-        logger.info("Stage %s: already finished (%s)", name, finished)
-        return
-    started = time.monotonic()
-    logger.info("Stage %s: training ...", name)
-    run()
-    logger.info("Stage %s: finished in %.1f min", name, (time.monotonic() - started) / 60)
+    run_stage("vlm", out / "vlm" / VLM_NAME, lambda: train_vlm(vlm))
 
 
 def gather(out: Path, weights: Path) -> Path:

@@ -170,6 +170,24 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
+class M3ftConfig:
+    """M³FT (stage 1, stage 2, a float16 export) on the world models in --weights, into --out (resumable)."""
+
+    out: str
+    weights: str = str(SHIPPED.root)  # the world's VLM and SDXL, in the shipped layout (layout.py)
+    schedule: str = "full"  # "short": a tiny data set and a few steps per stage (CI)
+    seed: int = 0  # the data set's
+
+    def __post_init__(self) -> None:
+        _check(self.schedule in SCHEDULE_NAMES, "schedule", f"must be one of {SCHEDULE_NAMES}, got {self.schedule!r}.")
+        _check_sdxl_weights(self.weights)
+        _check(WeightsLayout(Path(self.weights)).vlm.is_dir(), "weights",
+               f"{self.weights} has no vlm/ folder; rebuild the world with `python -m train.world build`.")
+        out = Path(self.out)
+        _check(not out.exists() or out.is_dir(), "out", f"{out} exists and is not a folder; choose a folder.")
+
+
+@dataclass(frozen=True)
 class DiffusersConfig:
     """Write the world's SDXL (from --weights) as a diffusers folder for train/ (model.sdxl) to --out."""
 

@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from m2chat_core.prompt import panel_prompt
 
 from . import language
+from .config import DataConfig
 from .files import atomic_path
 from .render import png_bytes, render
 from .scenes import Edit, Scene, apply_edit, in_split, possible_edits, random_edit, random_scene
@@ -51,6 +52,13 @@ class SplitSizes:
 
 def sample_rng(seed: int, split: str, kind: str, index: int) -> random.Random:
     return random.Random(f"world:{seed}:{split}:{kind}:{index}")
+
+
+def write_data(config: DataConfig) -> Path:
+    """`python -m train.world data`: both splits, the test split `test_fraction` of the train split's size."""
+    train = SplitSizes(config.images, config.dialogues, config.edits, config.stories)
+    test = SplitSizes(*(max(1, round(n * config.test_fraction)) for n in astuple(train)))
+    return write_dataset(Path(config.out), config.seed, {"train": train, "test": test}, config.shard_size)
 
 
 def write_dataset(out: Path, seed: int, sizes: dict[str, SplitSizes], shard_size: int) -> Path:

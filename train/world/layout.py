@@ -13,6 +13,7 @@ from .taesd import DECODER_FILE, ENCODER_FILE
 WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
 JUDGE_FILE = "judge.safetensors"
 VLM_NAME = "m2chat-world-vlm"  # its folder name in models/LLM (what M2ChatVLMLoader lists)
+ADAPTER_FILE = "m2chat-world-adapter.safetensors"  # M³FT on the world (train/configs/world_stage*.yaml)
 TRAINING_FIGURES = "training.json"  # each stage's last learning-curve point
 
 
@@ -36,10 +37,15 @@ class WeightsLayout:
     def vlm(self) -> Path:
         return self.root / "vlm"
 
+    @property
+    def adapter(self) -> Path:
+        return self.root / ADAPTER_FILE
+
     def install(self, models_dir: Path) -> dict[str, Path]:
         """Copy the world's models where ComfyUI's loaders look: the UNet for UNETLoader
-        (diffusion_models/), the VAE for VAELoader's "taesdxl" (vae_approx/), and the VLM,
-        where there is one, for M2ChatVLMLoader (LLM/)."""
+        (diffusion_models/), the VAE for VAELoader's "taesdxl" (vae_approx/), and, where
+        there are, the VLM for M2ChatVLMLoader (LLM/) and the adapter for
+        M2ChatAdapterLoader (m2chat/)."""
         targets = {
             "unet": (self.unet, models_dir / "diffusion_models" / UNET_FILE),
             "taesdxl_encoder": (self.vae / ENCODER_FILE, models_dir / "vae_approx" / ENCODER_FILE),
@@ -53,6 +59,9 @@ class WeightsLayout:
         installed = {name: target for name, (_, target) in targets.items()}
         if self.vlm.is_dir():  # a Hugging Face folder, listed by M2ChatVLMLoader
             installed["vlm"] = Path(shutil.copytree(self.vlm, models_dir / "LLM" / VLM_NAME, dirs_exist_ok=True))
+        if self.adapter.is_file():
+            (models_dir / "m2chat").mkdir(parents=True, exist_ok=True)
+            installed["adapter"] = Path(shutil.copyfile(self.adapter, models_dir / "m2chat" / ADAPTER_FILE))
         return installed
 
 

@@ -76,6 +76,17 @@ def train(task: Trainable, settings: LoopSettings, run_folder: Path, config: dic
         return _train(task, settings, run_folder, config, stop_after)
 
 
+def run_stage(name: str, finished: Path, run: Callable[[], object]) -> None:
+    """Run one stage of a resumable multi-stage command, unless `finished` (its last output) exists."""
+    if finished.exists():
+        logger.info("Stage %s: already finished (%s)", name, finished)
+        return
+    started = time.monotonic()
+    logger.info("Stage %s: training ...", name)
+    run()
+    logger.info("Stage %s: finished in %.1f min", name, (time.monotonic() - started) / 60)
+
+
 @contextmanager
 def logged_to(path: Path) -> Iterator[None]:
     """The world's log messages (INFO and up) also go to `path` while the block runs."""

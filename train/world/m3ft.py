@@ -1,0 +1,82 @@
+"""`python -m train.world m3ft`: M³FT on the world's models in one resumable command.
+
+Stages, each kept once finished (a killed run resumes the stage it was in from its last
+checkpoint): the M³FT data set (`data` at DATA_SIZES), the world SDXL as a diffusers folder,
+stage 1 and stage 2 through the unchanged `train.stage1` / `train.stage2` with the recipe of
+train/configs/world_stage1.yaml and world_stage2.yaml (only paths overridden, and sizes on
+the "short" schedule), then the stage-2 adapter exported in float16 to <out>/ADAPTER_FILE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError
+from .config import DataConfig, DiffusersConfig, M3ftConfig
+from .layout import ADAPTER_FILE, WeightsLayout
+from .loop import logged_to, run_stage
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STAGE_CONFIGS = {1: CONFIGS / "world_stage1.yaml", 2: CONFIGS / "world_stage2.yaml"}
+# The data set's train-split sizes per schedule (the test split is an eighth of it).
+DATA_SIZES = {"full": {"images": 2048, "dialogues": 512, "edits": 512, "stories": 128},
+              "short": {"images": 16, "dialogues": 4, "edits": 4, "stories": 2}}
+# The short schedule: a few steps of each stage, on any world VLM (a short build's has 1 layer).
+SHORT = ["--optim.max_steps", "2", "--optim.batch_size", "2", "--optim.warmup_steps", "0",
+         "--engine.checkpoint_every", "2", "--engine.validate_every", "2", "--engine.log_every", "1"]
+SHORT_STAGE1 = ["--adapter.chosen_layers", "[-1]", "--adapter.width", "32", "--adapter.heads", "4"]
+
+
+def run_m3ft(config: M3ftConfig) -> Path:
+    """Both stages on the models in `config.weights`; returns the exported adapter file."""
+    out, weights = Path(config.out), WeightsLayout(Path(config.weights))
+    with logged_to(out / "m3ft.log"):
+        data, sdxl = out / "data", out / "sdxl"
+        run_stage("data", data / "manifest.json", lambda: _write_data(data, config))
+        run_stage("sdxl", sdxl / "model_index.json", lambda: _write_sdxl(sdxl, weights))
+        common = ["--model.vlm", str(weights.vlm), "--model.sdxl", str(sdxl), "--resume", "latest",
+                  *(SHORT if config.schedule == "short" else [])]
+        stage1 = _stage_run(1, out / "runs" / "stage1", [
+            *common, "--data.train", f"[{data}/train/shards/world-*.tar]",
+            "--data.validation", f"[{data}/test/shards/world-00000.tar]", "--cache.dir", str(out / "cache"),
+            *(SHORT_STAGE1 if config.schedule == "short" else [])])
+        stage2 = _stage_run(2, out / "runs" / "stage2", [
+            *common, "--init-from", str(stage1),
+            "--data.train", f"[{data}/train/dialogue.jsonl, {data}/train/editing.jsonl, {data}/train/stories.jsonl]",
+            "--data.validation", f"[{data}/test/dialogue.jsonl]"])
+        adapter = out / ADAPTER_FILE
+        run_stage("export", adapter, lambda: _export(stage2, adapter))
+    return adapter
+
+
+def _write_data(data: Path, config: M3ftConfig) -> None:
+    from .dataset import write_data
+    write_data(DataConfig(out=str(data), seed=config.seed, **DATA_SIZES[config.schedule]))
+
+
+def _write_sdxl(sdxl: Path, weights: WeightsLayout) -> None:
+    from .diffusers_folder import write_diffusers_folder
+    write_diffusers_folder(DiffusersConfig(out=str(sdxl), weights=str(weights.root)))
+
+
+def _stage_run(stage: int, output_dir: Path, arguments: list[str]) -> Path:
+    """`python -m train.stage<stage>` with the world recipe (in this process); its adapter file."""
+    from ..cli import run
+    from ..config import Stage1Config, Stage2Config
+    from ..trainer import DEFAULT_EXPORT_NAME
+
+    exported = output_dir / DEFAULT_EXPORT_NAME
+    argv = ["--config", str(STAGE_CONFIGS[stage]), *arguments, "--engine.output_dir", str(output_dir)]
+
+    def train() -> None:
+        status = run(Stage1Config if stage == 1 else Stage2Config, argv)
+        if status != 0:
+            raise ConfigError(f"M³FT stage {stage} stopped (exit status {status}); its log above says why. "
+                              f"Fix that and run the same command again: it resumes from {output_dir}.")
+    run_stage(f"stage{stage}", exported, train)
+    return exported
+
+
+def _export(stage2: Path, adapter: Path) -> None:
+    from ..export import export_checkpoint
+    export_checkpoint(stage2.parent, adapter, "float16")
