@@ -1,22 +1,30 @@
 """The shapes world's SDXL measured as users run it: a real ComfyUI server (this pack and
 the test/demo extension), native graphs (scripts/world_graphs.py), pictures read by the
-shipped judge. Rows, on the same held-out (colour, shape) prompts and seeds:
+shipped judge. Rows, on the same held-out (colour, shape) cases and seeds:
 
   zero      conditioning zeroed out: what the UNet draws unprompted (expect chance)
   caption   the ground-truth caption through the world's text encoders (the upper bound)
   fallback  the world VLM's caption of the request through the same encoders (VLM + SD)
+  m2chat    the world VLM through the shipped M³Adapter (M²Chat)
+  m2chat_gate0, m2chat_gate1  the adapter with its gate fixed at 0 or 1
 
-Columns: the judge's per-attribute accuracy; colour_and_shape: both right on the same
-object; all: every attribute of the scene right. Exits 1 when a target (TARGETS in
-scripts/world_graphs.py, issue 15) is missed.
+Tasks: text_to_image (requests), image_editing (a picture and an instruction; `all` is
+the instruction followed AND the rest kept) and multimodal_dialogue (three turns; the
+last turn's picture against the scene the conversation implies). Columns: the judge's per-attribute accuracy;
+colour_and_shape: both right on the same object; all: every attribute of the scene right.
+Exits 1 when a text-to-image target (TARGETS and RELATIVE_TARGETS in
+scripts/world_graphs.py) is missed.
 
-    .venv/bin/python bench/bench_world.py [--prompts 64] [--rows zero,caption,fallback] [--json PATH]
+    .venv/bin/python bench/bench_world.py [--prompts 64] [--rows zero,caption,...]
+        [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
+        [--json PATH] [--markdown PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,10 +32,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
-from world_graphs import CONDITIONINGS, held_out_prompts, measure, missed_targets  # noqa: E402
+from world_graphs import (  # noqa: E402
+    CONDITIONINGS,
+    EncodeRow,
+    held_out_dialogues,
+    held_out_edits,
+    held_out_prompts,
+    measure,
+    missed_targets,
+)
 
 from train.world.layout import SHIPPED  # noqa: E402
 from train.world.training import load_judge  # noqa: E402
+
+
+CASES = {"text_to_image": held_out_prompts, "image_editing": held_out_edits,
+         "multimodal_dialogue": held_out_dialogues}
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
@@ -41,21 +61,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--rows", default=",".join(CONDITIONINGS))
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--tasks", default=",".join(CASES))
+    parser.add_argument("--adapter", action="append", default=[], metavar="ROW=FILE",
+                        help="one more row: M2ChatEncode with this adapter file (e.g. a stage-1 export)")
+    parser.add_argument("--json", type=Path, help="write the figures (task -> row -> score) here")
+    parser.add_argument("--markdown", type=Path, help="write the tables here, one per task")
     options = parser.parse_args(argv)
-    rows = options.rows.split(",")
+    rows, tasks = options.rows.split(","), options.tasks.split(",")
+    extra = dict(item.split("=", 1) for item in options.adapter)
     judge = load_judge(SHIPPED.judge)
-    prompts = held_out_prompts(options.prompts)
+    figures = {}
     with tempfile.TemporaryDirectory() as base:
-        server = ComfyServer(prepare_base_directory(Path(base)))
+        base = prepare_base_directory(Path(base))
+        conditionings = {row: row for row in rows}
+        for row, file in extra.items():
+            shutil.copy(file, base / "models" / "m2chat" / f"{row}.safetensors")
+            conditionings[row] = EncodeRow(adapter=f"{row}.safetensors")
+        server = ComfyServer(base)
         try:
-            figures = {row: measure(server, judge, row, prompts) for row in rows}
+            for task in tasks:
+                cases = CASES[task](options.prompts)
+                figures[task] = {row: measure(server, judge, conditioning, cases)
+                                 for row, conditioning in conditionings.items()}
+                print(f"{task}, {options.prompts} held-out cases:\n{table(figures[task])}\n", flush=True)
         finally:
             server.stop()
-    print(f"{options.prompts} held-out prompts, {json.dumps(rows)}:\n{table(figures)}")
     if options.json:
         options.json.write_text(json.dumps(figures, indent=2) + "\n")
-    missed = missed_targets(figures)
+    if options.markdown:
+        options.markdown.write_text("".join(f"**{task}** ({options.prompts} held-out cases)\n\n{table(rows)}\n\n"
+                                            for task, rows in figures.items()))
+    missed = missed_targets(figures.get("text_to_image", {}))
     for line in missed:
         print(f"TARGET MISSED: {line}")
     return 1 if missed else 0
