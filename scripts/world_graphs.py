@@ -36,7 +36,6 @@ from train.world.sdxl import TEXT_ENCODER_SEED, UNET_FILE
 from train.world.vocabulary import IMAGE_SIZE
 
 STEPS, GUIDANCE = 20, 5.0  # KSampler: euler, normal schedule
-CONDITIONINGS = ("zero", "caption", "fallback", "m2chat")
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def run_stage(name: str, finished: Path, run: Callable[[], object]) -> None:
         logger.info("Stage %s: already finished (%s)", name, finished)
         return
     started = time.monotonic()
-    logger.info("Stage %s: training ...", name)
+    logger.info("Stage %s: running ...", name)
     run()
     logger.info("Stage %s: finished in %.1f min", name, (time.monotonic() - started) / 60)
 
