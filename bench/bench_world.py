@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.json:
         options.json.write_text(json.dumps(figures, indent=2) + "\n")
     if options.markdown:
-        options.markdown.write_text("".join(f"**{task}** ({options.prompts} held-out cases)\n\n{table(rows)}\n\n"
-                                            for task, rows in figures.items()))
+        options.markdown.write_text("".join(
+            f"**{task}** ({options.prompts} held-out cases)\n\n{table(task_figures)}\n\n"
+            for task, task_figures in figures.items()))
     missed = missed_targets(figures.get("text_to_image", {}))
     for line in missed:
         print(f"TARGET MISSED: {line}")

@@ -31,7 +31,7 @@ from train.world.judge import Judge, accuracy, to_tensor
 from train.world.language import caption, edit_instruction, request
 from train.world.layout import ADAPTER_FILE, VLM_NAME
 from train.world.render import render
-from train.world.scenes import Scene, apply_edit, random_edit, random_scene
+from train.world.scenes import Scene, apply_edit, edit_start, random_edit, random_scene
 from train.world.sdxl import TEXT_ENCODER_SEED, UNET_FILE
 from train.world.vocabulary import IMAGE_SIZE
 
@@ -163,7 +163,7 @@ def held_out_edits(count: int, seed: int = 0) -> list[Case]:
     rng = random.Random(f"world-edits:{seed}")
     cases = []
     for _ in range(count):
-        source = random_scene(rng, "train" if rng.random() < 0.5 else "test")
+        source = edit_start(rng, "test")
         edit = random_edit(rng, source, "test")
         cases.append(Case((edit_instruction(rng, edit),), apply_edit(source, edit), source))
     return cases
@@ -176,7 +176,7 @@ def held_out_dialogues(count: int, seed: int = 0) -> list[Case]:
     rng = random.Random(f"world-dialogues:{seed}")
     cases = []
     for _ in range(count):
-        scene = random_scene(rng, "train" if rng.random() < 0.5 else "test", max_objects=1)
+        scene = edit_start(rng, "test", max_objects=1)
         turns = [request(rng, scene)]
         for _ in range(DIALOGUE_TURNS - 1):
             edit = random_edit(rng, scene, "test")

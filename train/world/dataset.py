@@ -33,7 +33,7 @@ from . import language
 from .config import DataConfig
 from .files import atomic_path
 from .render import png_bytes, render
-from .scenes import Edit, Scene, apply_edit, in_split, possible_edits, random_edit, random_scene
+from .scenes import Edit, Scene, apply_edit, edit_start, in_split, possible_edits, random_edit, random_scene
 from .vocabulary import HELD_OUT_PAIRS, SPLITS
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _dialogue(rng: random.Random, split: str, write_image, index: int) -> list[d
     """Request -> answer <|IC|> caption, then follow-ups about "it" that need the context;
     each follow-up shows the previous picture. One record per turn whose picture is in
     the split (the record's last turn is the one trained; the earlier ones are history)."""
-    scene = random_scene(rng, "train" if split == "train" or rng.random() < 0.5 else "test", max_objects=1)
+    scene = edit_start(rng, split, max_objects=1)
     turns, records, previous_image = [], [], None
     for turn_number in range(DIALOGUE_TURNS):
         if turn_number == 0:
@@ -173,7 +173,7 @@ def _dialogue(rng: random.Random, split: str, write_image, index: int) -> list[d
 
 
 def _editing(rng: random.Random, split: str, write_image, index: int) -> list[dict]:
-    source = random_scene(rng, "train" if split == "train" or rng.random() < 0.5 else "test")
+    source = edit_start(rng, split)
     edit = random_edit(rng, source, split)
     target = apply_edit(source, edit)
     source_image = write_image(f"edit-{index:06d}-source", source)

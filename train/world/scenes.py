@@ -109,6 +109,13 @@ def random_scene(rng: random.Random, split: str, max_objects: int = 2) -> Scene:
 MOVES: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
 
+def edit_start(rng: random.Random, split: str, max_objects: int = 2) -> Scene:
+    """A scene that an edit in `split` starts from: a train scene in the train split; in the
+    test split a train or a held-out scene, half and half (the edit then keeps or makes a
+    held-out pair, random_edit)."""
+    return random_scene(rng, "train" if split == "train" or rng.random() < 0.5 else "test", max_objects)
+
+
 @dataclass(frozen=True)
 class Edit:
     """One change to object 0 of a scene, or an added object. kind is one of EDIT_KINDS;
