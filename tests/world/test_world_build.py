@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.vlm import load_vlm
@@ -25,6 +26,9 @@ from train.world.unet_training import POOL_FILE
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("world-build")
+    # As after an earlier run in the same process (a notebook, this suite): Accelerate's state is
+    # already set up, in another precision than the world's bf16 stages; they run in their own processes.
+    Accelerator(cpu=True, mixed_precision="no")
     assert main(["build", "--out", str(out), "--schedule", "short"]) == 0
     return out
 

@@ -2,21 +2,24 @@
 
 Stages, each kept once finished (a killed run resumes the stage it was in from its last
 checkpoint): the M³FT data set (`data` at DATA_SIZES), the world SDXL as a diffusers folder,
-stage 1 and stage 2 through the unchanged `train.stage1` / `train.stage2` with the recipe of
+stage 1 and stage 2 as `python -m train.stage1` / `train.stage2` (a process each) with the recipe of
 train/configs/world_stage1.yaml and world_stage2.yaml (only paths overridden, and sizes on
 the "short" schedule), then the stage-2 adapter exported in float16 to <out>/ADAPTER_FILE.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from ..config import ConfigError
+from .comfyui import REPO
 from .config import DataConfig, DiffusersConfig, M3ftConfig
 from .layout import ADAPTER_FILE, WeightsLayout
 from .loop import logged_to, run_stage
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "train" / "configs"
 STAGE_CONFIGS = {1: CONFIGS / "world_stage1.yaml", 2: CONFIGS / "world_stage2.yaml"}
 # The data set's train-split sizes per schedule (the test split is an eighth of it).
 DATA_SIZES = {"full": {"images": 2048, "dialogues": 512, "edits": 512, "stories": 128},
@@ -60,16 +63,16 @@ def _write_sdxl(sdxl: Path, weights: WeightsLayout) -> None:
 
 
 def _stage_run(stage: int, output_dir: Path, arguments: list[str]) -> Path:
-    """`python -m train.stage<stage>` with the world recipe (in this process); its adapter file."""
-    from ..cli import run
-    from ..config import Stage1Config, Stage2Config
+    """`python -m train.stage<stage>` with the world recipe, in a process of its own (Accelerate's
+    state is per process, and each stage sets its own precision); returns its adapter file."""
     from ..trainer import DEFAULT_EXPORT_NAME
 
     exported = output_dir / DEFAULT_EXPORT_NAME
-    argv = ["--config", str(STAGE_CONFIGS[stage]), *arguments, "--engine.output_dir", str(output_dir)]
+    command = [sys.executable, "-m", f"train.stage{stage}", "--config", str(STAGE_CONFIGS[stage]), *arguments,
+               "--engine.output_dir", str(output_dir)]
 
     def train() -> None:
-        status = run(Stage1Config if stage == 1 else Stage2Config, argv)
+        status = subprocess.run(command, cwd=REPO, check=False).returncode
         if status != 0:
             raise ConfigError(f"M³FT stage {stage} stopped (exit status {status}); its log above says why. "
                               f"Fix that and run the same command again: it resumes from {output_dir}.")
