@@ -81,19 +81,21 @@ def text_loss(
     return F.cross_entropy(logits[:, :-1][predicted].float(), labels[:, 1:][predicted])
 
 
-def stage1_loss(ddpm: torch.Tensor, align: torch.Tensor, phi: float = 1.0) -> LossBreakdown:
-    """Eq. 6: L = L_ddpm + phi·L_align."""
+def stage1_loss(ddpm: torch.Tensor, align: torch.Tensor, phi: float = 1.0, ddpm_weight: float = 1.0) -> LossBreakdown:
+    """Eq. 6: L = L_ddpm + phi·L_align (ddpm_weight 0: the L_align-only ablation)."""
     return LossBreakdown(
-        total=ddpm + phi * align,
+        total=ddpm_weight * ddpm + phi * align,
         terms={"ddpm": ddpm.detach(), "align": align.detach()},
     )
 
 
 def stage2_loss(
-    ddpm: torch.Tensor, align: torch.Tensor, text: torch.Tensor, phi: float = 1.0, lambda_text: float = 1.0
+    ddpm: torch.Tensor, align: torch.Tensor, text: torch.Tensor, phi: float = 1.0, lambda_text: float = 1.0,
+    ddpm_weight: float = 1.0,
 ) -> LossBreakdown:
-    """Eq. 7: L = L_ddpm + phi·L_align + lambda·L_text (lambda is the config's lambda_text)."""
+    """Eq. 7: L = L_ddpm + phi·L_align + lambda·L_text (lambda is the config's lambda_text;
+    ddpm_weight 0: an ablation without L_ddpm)."""
     return LossBreakdown(
-        total=ddpm + phi * align + lambda_text * text,
+        total=ddpm_weight * ddpm + phi * align + lambda_text * text,
         terms={"ddpm": ddpm.detach(), "align": align.detach(), "text": text.detach()},
     )

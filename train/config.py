@@ -125,16 +125,16 @@ class OptimConfig:
     eps: float = 1e-8
     batch_size: int = 8  # per process
     gradient_accumulation_steps: int = 1
-    epochs: int = 4
+    epochs: int = 4  # 0: no training; the export is the adapter the stage starts from (an ablation baseline)
     max_steps: int = 0  # optimizer steps; 0: run all epochs
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0: no clipping
 
     def __post_init__(self) -> None:
-        for name in ("lr", "eps", "batch_size", "gradient_accumulation_steps", "epochs"):
+        for name in ("lr", "eps", "batch_size", "gradient_accumulation_steps"):
             require_positive(name, getattr(self, name))
-        for name in ("weight_decay", "max_steps", "warmup_steps", "max_grad_norm"):
+        for name in ("epochs", "weight_decay", "max_steps", "warmup_steps", "max_grad_norm"):
             require_non_negative(name, getattr(self, name))
         if not all(0 <= beta < 1 for beta in self.betas):
             raise FieldError("betas", f"must be two numbers in [0, 1), got {list(self.betas)}.")
@@ -145,10 +145,14 @@ class OptimConfig:
 class LossConfig:
     phi: float = 1.0  # φ, weight of L_align (Eq. 6, 7)
     lambda_text: float = 1.0  # λ, weight of L_text (Eq. 7); stage 2 only
+    ddpm_weight: float = 1.0  # weight of L_ddpm (Eq. 5); 0: the L_align-only ablation (the UNet is not run)
 
     def __post_init__(self) -> None:
-        require_non_negative("phi", self.phi)
-        require_non_negative("lambda_text", self.lambda_text)
+        for name in ("phi", "lambda_text", "ddpm_weight"):
+            require_non_negative(name, getattr(self, name))
+        if self.phi == 0 and self.ddpm_weight == 0:
+            raise FieldError("ddpm_weight", "and phi are both 0: nothing would train the conditioning. "
+                                            "Set at least one of them above 0.")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from m2chat_core.adapter import M3Adapter
+from m2chat_core.adapter import M3Adapter, M3AdapterOutput
 from m2chat_core.losses import alignment_loss, diffusion_loss, stage1_loss, stage2_loss, text_loss
 from m2chat_core.teacher_forcing import TeacherForcingBatch, teacher_force
 from m2chat_core.vlm import LoadedVLM
@@ -100,6 +100,7 @@ class M3FTModel(nn.Module):
         stage: int,
         phi: float,
         lambda_text: float,
+        ddpm_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -108,7 +109,7 @@ class M3FTModel(nn.Module):
         self.vlm = vlm
         check_prediction_type(noise_scheduler)  # refused before the first step
         self.noise_scheduler = noise_scheduler
-        self.stage, self.phi, self.lambda_text = stage, phi, lambda_text
+        self.stage, self.phi, self.lambda_text, self.ddpm_weight = stage, phi, lambda_text, ddpm_weight
 
     def forward(
         self, forced: TeacherForcingBatch | None, targets: DiffusionTargets | None
@@ -126,19 +127,22 @@ class M3FTModel(nn.Module):
         adapted = adapter(vlm_output.features)  # h_align (B, 77, 2048), h_palign (B, 1280)
         align = alignment_loss(adapted.context, adapted.pooled, targets.context, targets.pooled)  # Eq. 2
 
+        ddpm = self.unet_loss(adapted, targets) if self.ddpm_weight else align.new_zeros(())
+        if self.stage == 1:
+            losses = stage1_loss(ddpm, align, self.phi, self.ddpm_weight)  # Eq. 6
+        else:
+            text = text_loss(vlm_output.logits, vlm_output.labels)
+            losses = stage2_loss(ddpm, align, text, self.phi, self.lambda_text, self.ddpm_weight)  # Eq. 7
+        return {"total": losses.total, **losses.terms, "gate": adapted.gate.mean().detach()}
+
+    def unet_loss(self, adapted: M3AdapterOutput, targets: DiffusionTargets) -> torch.Tensor:
+        """Eq. 5 on the frozen UNet's prediction, Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)."""
         noisy_latents = self.noise_scheduler.add_noise(targets.latents, targets.noise, targets.timesteps)
         unet_dtype = self.unet.dtype
-        prediction = self.unet(  # Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)
+        prediction = self.unet(
             noisy_latents.to(unet_dtype),
             targets.timesteps,
             encoder_hidden_states=adapted.context.to(unet_dtype),
             added_cond_kwargs={"text_embeds": adapted.pooled.to(unet_dtype), "time_ids": targets.time_ids.to(unet_dtype)},
         ).sample
-        ddpm = diffusion_loss(prediction, unet_target(self.noise_scheduler, targets))  # Eq. 5
-
-        if self.stage == 1:
-            losses = stage1_loss(ddpm, align, self.phi)  # Eq. 6
-        else:
-            text = text_loss(vlm_output.logits, vlm_output.labels)
-            losses = stage2_loss(ddpm, align, text, self.phi, self.lambda_text)  # Eq. 7
-        return {"total": losses.total, **losses.terms, "gate": adapted.gate.mean().detach()}
+        return diffusion_loss(prediction, unet_target(self.noise_scheduler, targets))

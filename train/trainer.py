@@ -191,6 +191,7 @@ class Trainer:
             stage=self.stage,
             phi=config.loss.phi,
             lambda_text=config.loss.lambda_text,
+            ddpm_weight=config.loss.ddpm_weight,
         )
 
     def prepare_data(self) -> None:

@@ -65,6 +65,7 @@ def test_shipped_configs_use_only_known_fields(name, runner):
     [
         (1, ["--optim.lrr", "1"], "--optim.lrr"),
         (1, ["--optim.lr", "-1"], "optim.lr"),
+        (1, ["--loss.phi", "0", "--loss.ddpm_weight", "0"], "loss.ddpm_weight and phi are both 0"),
         (2, [], "init_from"),
         (1, ["--data.train", "[/no/such/shards/*.tar]"], "data.train"),
         (1, ["--model.vlm", "/no/such/vlm"], "model.vlm"),

@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from comfyui_env import HUNG_AFTER_S
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -94,6 +95,26 @@ def test_half_precision_export_of_stage2_keeps_every_tensor_to_fp16_rounding(sta
     for name, tensor in full.items():
         torch.testing.assert_close(half[name].float(), tensor.float(), rtol=1e-3, atol=1e-4)
     assert out.stat().st_size < 0.6 * (stage2[0] / DEFAULT_EXPORT_NAME).stat().st_size
+
+
+def test_ablation_settings_epochs_0_exports_the_start_and_ddpm_weight_0_trains_on_l_align_alone(
+        runner, stage1, tmp_path):
+    start = tmp_path / "start"
+    result = runner.run(1, runner.overrides(1, start) + ["--optim.epochs=0"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_state(list_checkpoints(start / "checkpoints")[-1]).global_step == 0
+    untrained = _tensors(start / DEFAULT_EXPORT_NAME)  # what stage 1 starts from: the base of "stage 2 without stage 1"
+    assert _max_difference(untrained, _tensors(stage1[0] / DEFAULT_EXPORT_NAME)) > 1e-3
+
+    align_only = tmp_path / "align-only"
+    result = runner.run(1, runner.overrides(1, align_only) + ["--loss.ddpm_weight=0", "--optim.max_steps=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(align_only / "logs" / "m2chat-stage1"))
+    events.Reload()
+    scalars = {name: [event.value for event in events.Scalars(f"train/{name}")] for name in ("ddpm", "align", "total")}
+    assert len(scalars["total"]) == 3 and all(value == 0.0 for value in scalars["ddpm"])
+    assert scalars["total"] == pytest.approx(scalars["align"])  # φ = 1: L = L_align alone
+    assert _max_difference(_tensors(align_only / DEFAULT_EXPORT_NAME), untrained) > 0  # it trained
 
 
 def _assert_checkpoints_complete(folder: Path) -> None:

@@ -73,6 +73,8 @@ def test_stage_losses_weight_terms_and_report_them():
     stage2 = stage2_loss(ddpm, align, text, phi=0.5, lambda_text=0.25)
     assert stage2.total.item() == 1.0 + 1.0 + 1.0
     assert stage2_loss(ddpm, align, text).total.item() == 7.0
+    assert stage1_loss(ddpm, align, ddpm_weight=0.0).total.item() == 2.0  # the L_align-only ablation
+    assert stage2_loss(ddpm, align, text, ddpm_weight=0.0).total.item() == 6.0
     terms = {name: value.item() for name, value in stage2.terms.items()}
     assert terms == {"ddpm": 1.0, "align": 2.0, "text": 4.0}
 
