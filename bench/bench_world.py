@@ -7,17 +7,23 @@ shipped judge. Rows, on the same held-out (colour, shape) cases and seeds:
   fallback  the world VLM's caption of the request through the same encoders (VLM + SD)
   m2chat    the world VLM through the shipped M³Adapter (M²Chat)
   m2chat_gate0, m2chat_gate1  the adapter with its gate fixed at 0 or 1
+  m2chat_gate_paper  the adapter with the paper's gate, g = cos(e_ans, e_cap) (Eq. 3)
+  --adapter ROW=FILE  one more row: M2ChatEncode with that adapter file (e.g. a stage-1 export)
 
 Tasks: text_to_image (requests), image_editing (a picture and an instruction; `all` is
-the instruction followed AND the rest kept) and multimodal_dialogue (three turns; the
-last turn's picture against the scene the conversation implies). Columns: the judge's per-attribute accuracy;
-colour_and_shape: both right on the same object; all: every attribute of the scene right.
+the instruction followed AND the rest kept), multimodal_dialogue (three turns; the
+last turn's picture against the scene the conversation implies) and storytelling (a
+premise, 4 panels; M2Chat rows only; columns in world_graphs.measure_stories).
+Columns: the judge's per-attribute accuracy;
+colour_and_shape: both right on the same object; all: every attribute of the scene right;
+caption_bleu1, caption_rouge_l: the VLM's caption (last turn) against the scene's reference
+caption, in M2ChatEncode rows. `python -m train.world report` runs this on its own models.
 Exits 1 when a text-to-image target (TARGETS and RELATIVE_TARGETS in
 scripts/world_graphs.py) is missed.
 
     .venv/bin/python bench/bench_world.py [--prompts 64] [--rows zero,caption,...]
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
-        [--json PATH] [--markdown PATH]
+        [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -35,25 +41,29 @@ from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
 from world_graphs import (  # noqa: E402
     CONDITIONINGS,
     EncodeRow,
+    encode_row,
     held_out_dialogues,
     held_out_edits,
     held_out_prompts,
+    held_out_stories,
     measure,
     missed_targets,
 )
 
-from train.world.layout import SHIPPED  # noqa: E402
+from train.world.files import atomic_path  # noqa: E402
+from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
 from train.world.training import load_judge  # noqa: E402
 
 
 CASES = {"text_to_image": held_out_prompts, "image_editing": held_out_edits,
-         "multimodal_dialogue": held_out_dialogues}
+         "multimodal_dialogue": held_out_dialogues, "storytelling": held_out_stories}
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
-    columns = list(next(iter(figures.values())))
+    columns = list(dict.fromkeys(column for values in figures.values() for column in values))
     lines = ["| conditioning | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {row} | " + " | ".join(f"{values[c]:.3f}" for c in columns) + " |" for row, values in figures.items()]
+    lines += [f"| {row} | " + " | ".join(f"{values[c]:.3f}" if c in values else "–" for c in columns) + " |"
+              for row, values in figures.items()]
     return "\n".join(lines)
 
 
@@ -64,15 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(CASES))
     parser.add_argument("--adapter", action="append", default=[], metavar="ROW=FILE",
                         help="one more row: M2ChatEncode with this adapter file (e.g. a stage-1 export)")
+    parser.add_argument("--weights", type=Path, default=SHIPPED.root,
+                        help="the world's models, in the shipped layout (default: the shipped ones; or a build's)")
+    parser.add_argument("--world-adapter", type=Path,
+                        help="the adapter of the m2chat rows (default: the one in --weights)")
     parser.add_argument("--json", type=Path, help="write the figures (task -> row -> score) here")
     parser.add_argument("--markdown", type=Path, help="write the tables here, one per task")
     options = parser.parse_args(argv)
     rows, tasks = options.rows.split(","), options.tasks.split(",")
     extra = dict(item.split("=", 1) for item in options.adapter)
-    judge = load_judge(SHIPPED.judge)
+    world = WeightsLayout(options.weights)
+    judge = load_judge(world.judge)
     figures = {}
     with tempfile.TemporaryDirectory() as base:
-        base = prepare_base_directory(Path(base))
+        base = prepare_base_directory(Path(base), world)
+        if options.world_adapter:
+            shutil.copy(options.world_adapter, base / "models" / "m2chat" / ADAPTER_FILE)
         conditionings = {row: row for row in rows}
         for row, file in extra.items():
             shutil.copy(file, base / "models" / "m2chat" / f"{row}.safetensors")
@@ -82,16 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             for task in tasks:
                 cases = CASES[task](options.prompts)
                 figures[task] = {row: measure(server, judge, conditioning, cases)
-                                 for row, conditioning in conditionings.items()}
+                                 for row, conditioning in conditionings.items()
+                                 if task != "storytelling" or encode_row(conditioning)}  # a story needs the VLM
                 print(f"{task}, {options.prompts} held-out cases:\n{table(figures[task])}\n", flush=True)
         finally:
             server.stop()
     if options.json:
-        options.json.write_text(json.dumps(figures, indent=2) + "\n")
+        with atomic_path(options.json) as path:
+            path.write_text(json.dumps(figures, indent=2) + "\n")
     if options.markdown:
-        options.markdown.write_text("".join(
-            f"**{task}** ({options.prompts} held-out cases)\n\n{table(task_figures)}\n\n"
-            for task, task_figures in figures.items()))
+        with atomic_path(options.markdown) as path:
+            path.write_text("".join(f"**{task}** ({options.prompts} held-out cases)\n\n{table(task_figures)}\n\n"
+                                    for task, task_figures in figures.items()))
     missed = missed_targets(figures.get("text_to_image", {}))
     for line in missed:
         print(f"TARGET MISSED: {line}")

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from train.world.comfyui import COMFYUI_PATH  # noqa: E402 - the one definition
-from train.world.layout import SHIPPED  # noqa: E402
+from train.world.layout import SHIPPED, WeightsLayout  # noqa: E402
 
 PACK_NAME = "m2chat"  # the folder name ComfyUI imports the pack under
 # Seconds before a subprocess, server start or queued graph counts as hung: far above the
@@ -26,9 +26,10 @@ PACK_NAME = "m2chat"  # the folder name ComfyUI imports the pack under
 HUNG_AFTER_S = 3600.0
 
 
-def prepare_base_directory(base: Path) -> Path:
+def prepare_base_directory(base: Path, world: WeightsLayout = SHIPPED) -> Path:
     """custom_nodes/ with links to this pack and the tiny-SDXL extension, models/ with the
-    tiny random models and the shapes world's trained ones, user/ for ComfyUI's database."""
+    tiny random models and the shapes world's trained ones (`world`: the shipped ones, or a
+    build's), user/ for ComfyUI's database."""
     custom_nodes = base / "custom_nodes"
     custom_nodes.mkdir(parents=True, exist_ok=True)
     (base / "user").mkdir(exist_ok=True)
@@ -38,7 +39,7 @@ def prepare_base_directory(base: Path) -> Path:
             link.symlink_to(target, target_is_directory=True)
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_models.py"), str(base / "models")],
                    check=True, capture_output=True, text=True)
-    SHIPPED.install(base / "models")
+    world.install(base / "models")
     return base
 
 

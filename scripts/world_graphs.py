@@ -10,9 +10,10 @@ Every graph is native ComfyUI: UNETLoader (the world's UNet) -> KSampler -> VAED
   m2chat    M2ChatEncode with the world's M³Adapter (M2ChatAdapterLoader): the VLM's hidden
             states become the conditioning (M²Chat);
   m2chat_gate0, m2chat_gate1  the same with the gate of Eq. 3 fixed at 0 (image features
-            only) or 1 (VLM features only).
-Three tasks: text-to-image requests (held_out_prompts), image editing, a picture and an
-instruction (held_out_edits), and three-turn dialogues (held_out_dialogues).
+            only) or 1 (VLM features only); m2chat_gate_paper with the paper's g = cos(e_ans, e_cap).
+Four tasks: text-to-image requests (held_out_prompts), image editing, a picture and an
+instruction (held_out_edits), three-turn dialogues (held_out_dialogues), and 4-panel stories
+of a premise (held_out_stories; M2ChatStory, one KSampler over the batch of panels).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from tiny_graphs import GENERATION, copy_prompt, model_loaders, native_sdxl_graph, size_inputs, swap_checkpoints
 
 from m2chat_core.m3ft_settings import FILE_GATE_MODE
-from train.world.dataset import DIALOGUE_TURNS
-from train.world.judge import Judge, accuracy, to_tensor
-from train.world.language import caption, edit_instruction, request
+from train.evaluate.metrics import text_scores
+from train.world.dataset import DIALOGUE_TURNS, STORY_PANELS
+from train.world.judge import Judge, accuracy, compare, read_scenes, to_tensor
+from train.world.language import caption, edit_instruction, parse_caption, request, story_premise
 from train.world.layout import ADAPTER_FILE, VLM_NAME
 from train.world.render import render
 from train.world.scenes import Scene, apply_edit, edit_start, random_edit, random_scene
@@ -69,6 +72,7 @@ ENCODE_ROWS = {
     "m2chat": EncodeRow(adapter=ADAPTER_FILE),
     "m2chat_gate0": EncodeRow(adapter=ADAPTER_FILE, gate_mode="fixed", gate_value=0.0),  # image features only
     "m2chat_gate1": EncodeRow(adapter=ADAPTER_FILE, gate_mode="fixed", gate_value=1.0),  # VLM features only
+    "m2chat_gate_paper": EncodeRow(adapter=ADAPTER_FILE, gate_mode="paper"),  # g = cos(e_ans, e_cap), Eq. 3
 }
 CONDITIONINGS = ("zero", "caption", *ENCODE_ROWS)
 
@@ -124,23 +128,35 @@ def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | 
     return graph
 
 
-def run_graph(server, graph: dict) -> Path:
-    """Run one graph on the server; the picture it saved."""
+def _run(server, graph: dict) -> tuple[list[Path], dict]:
+    """Run one graph on the server; the pictures it saved (in batch order) and its outputs."""
     entry = server.wait(server.queue(graph))
     if entry["status"]["status_str"] != "success":
         raise RuntimeError(f"A world graph failed: {entry['status']}\nServer log: {server.log_path}")
-    image, = (image for output in entry["outputs"].values() for image in output.get("images", []))
-    return server.output_file(image)
+    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+    return [server.output_file(image) for image in images], entry["outputs"]
 
 
-def judged(judge: Judge, pictures: list[Path], truths: list[Scene]) -> dict[str, float]:
-    """The judge's per-attribute accuracy over the pictures (train/world/judge.accuracy)."""
+def run_graph(server, graph: dict) -> tuple[Path, str | None]:
+    """Run one graph on the server; the picture it saved, and the caption its last M2ChatEncode
+    wrote (None in a graph without one)."""
+    (picture,), outputs = _run(server, graph)
+    shown = outputs.get("encode", {}).get("text")  # the node's ui text: [answer, caption]
+    return picture, shown[1] if shown else None
+
+
+def _open(pictures: list[Path]) -> list[Image.Image]:
     images = []
     for path in pictures:
         with Image.open(path) as image:
             images.append(image.convert("RGB"))
+    return images
+
+
+def judged(judge: Judge, pictures: list[Path], truths: list[Scene]) -> dict[str, float]:
+    """The judge's per-attribute accuracy over the pictures (train/world/judge.accuracy)."""
     with torch.no_grad():
-        return accuracy(judge, to_tensor(images), truths)
+        return accuracy(judge, to_tensor(_open(pictures)), truths)
 
 
 # Targets on held-out (colour, shape) prompts, per conditioning: score -> minimum
@@ -186,19 +202,81 @@ def held_out_dialogues(count: int, seed: int = 0) -> list[Case]:
     return cases
 
 
+@dataclass(frozen=True)
+class StoryCase:
+    """A held-out story premise ('a story about a purple star': a held-out pair) and its object."""
+
+    premise: str
+    colour: str
+    shape: str
+
+
+def held_out_stories(count: int, seed: int = 0) -> list[StoryCase]:
+    """Storytelling: a premise naming one held-out (colour, shape) pair, seeded."""
+    rng = random.Random(f"world-stories:{seed}")
+    scenes = [random_scene(rng, "test", max_objects=1) for _ in range(count)]
+    return [StoryCase(story_premise(scene), *scene.objects[0].pair) for scene in scenes]
+
+
+def story_graph(row: EncodeRow, case: StoryCase, seed: int) -> dict:
+    """M2ChatStory of the premise -> one KSampler over a batch of STORY_PANELS latents (as
+    workflows/storytelling.json); the panels are saved and the panels' captions shown."""
+    graph = _sampled(["encode", 0], ["encode", 1], seed, "world-story")
+    graph["latent"]["inputs"]["batch_size"] = STORY_PANELS
+    graph.update(model_loaders(adapter=row.adapter, vlm=VLM_NAME))
+    conditioner = {"adapter": ["adapter", 0]} if row.adapter else {"clip": ["clip", 0]}
+    graph["encode"] = {"class_type": "M2ChatStory", "inputs": {
+        "vlm": ["vlm", 0], **conditioner, "premise": case.premise, "panels": STORY_PANELS,
+        "gate_mode": row.gate_mode, "gate_value": row.gate_value, **size_inputs(IMAGE_SIZE, IMAGE_SIZE),
+        **GENERATION, "max_new_tokens": 48}}
+    graph["captions"] = {"class_type": "PreviewAny", "inputs": {"source": ["encode", 3]}}
+    return graph
+
+
+def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase]) -> dict[str, float]:
+    """Each premise drawn as a story (seed = its index), every panel read by the judge:
+    caption_followed  panels showing exactly what their caption says (every attribute; a
+                      caption that is not a canonical one counts as not followed);
+    premise_first     stories whose first panel shows the premise's colour and shape;
+    consistent        stories whose panels all show one object of the same shape (a story
+                      recolours, resizes and moves its object, never reshapes it)."""
+    followed, first, consistent = [], [], []
+    for seed, case in enumerate(cases):
+        pictures, outputs = _run(server, story_graph(row, case, seed))
+        captions = outputs["captions"]["text"][0].split("\n")
+        seen = read_scenes(judge, to_tensor(_open(pictures)))
+        for scene, text in zip(seen, captions, strict=True):
+            described = parse_caption(text)
+            followed.append(described is not None and all(value == 1.0 for value in compare(scene, described).values()))
+        first.append([o.pair for o in seen[0].objects] == [(case.colour, case.shape)])
+        consistent.append(all(len(scene.objects) == 1 for scene in seen)
+                          and len({scene.objects[0].shape for scene in seen}) == 1)
+    return {"caption_followed": float(np.mean(followed)), "premise_first": float(np.mean(first)),
+            "consistent": float(np.mean(consistent))}
+
+
+def encode_row(conditioning: str | EncodeRow) -> EncodeRow | None:
+    """The M2Chat node settings of a conditioning (None: zero and caption, drawn without the VLM)."""
+    return conditioning if isinstance(conditioning, EncodeRow) else ENCODE_ROWS.get(conditioning)
+
+
 def graph_for(conditioning: str | EncodeRow, case: Case, seed: int, source_image: str | None) -> dict:
     if conditioning == "zero":
         return zero_graph(seed)
     if conditioning == "caption":
         return caption_graph(caption(case.truth), seed)
-    row = conditioning if isinstance(conditioning, EncodeRow) else ENCODE_ROWS[conditioning]
-    return encode_row_graph(row, case, seed, source_image)
+    return encode_row_graph(encode_row(conditioning), case, seed, source_image)
 
 
-def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Case]) -> dict[str, float]:
+def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Case] | list[StoryCase]
+            ) -> dict[str, float]:
     """Draw every case (seed = its index) with one conditioning (a CONDITIONINGS name, or an
-    EncodeRow); the judge's accuracy."""
-    pictures = []
+    EncodeRow); the judge's accuracy and, where the VLM wrote captions (M2ChatEncode rows),
+    their BLEU-1 and ROUGE-L against the reference caption of the scene, as fractions.
+    Stories: measure_stories (M2Chat rows only)."""
+    if cases and isinstance(cases[0], StoryCase):
+        return measure_stories(server, judge, encode_row(conditioning), cases)
+    pictures, captions = [], []
     for seed, case in enumerate(cases):
         source_image = None
         if case.source is not None:  # the picture to edit, in ComfyUI's input folder for LoadImage
@@ -206,8 +284,14 @@ def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Cas
             inputs = server.base_directory / "input"
             inputs.mkdir(exist_ok=True)
             render(case.source).save(inputs / source_image)
-        pictures.append(run_graph(server, graph_for(conditioning, case, seed, source_image)))
-    return judged(judge, pictures, [case.truth for case in cases])
+        picture, written = run_graph(server, graph_for(conditioning, case, seed, source_image))
+        pictures.append(picture)
+        captions.append(written)
+    figures = judged(judge, pictures, [case.truth for case in cases])
+    if all(written is not None for written in captions):
+        texts = text_scores(captions, [caption(case.truth) for case in cases])
+        figures.update(caption_bleu1=texts["bleu1"] / 100, caption_rouge_l=texts["rouge_l"] / 100)
+    return figures
 
 
 def missed_targets(figures: dict[str, dict[str, float]]) -> list[str]:
@@ -225,17 +309,27 @@ WORLD_CHECKPOINT_PARTS = [("UNETLoader", {"unet_name": UNET_FILE, "weight_dtype"
                           ("VAELoader", {"vae_name": "taesdxl"})]
 
 
-def world_workflow(api_prompt: dict, text: str) -> dict:
+def chat_node_ids(prompt: dict) -> list[str]:
+    """The M2ChatEncode and M2ChatStory nodes of an API prompt, in node order (turn order)."""
+    return sorted((node_id for node_id, node in prompt.items()
+                   if node["class_type"] in ("M2ChatEncode", "M2ChatStory")), key=int)
+
+
+def world_workflow(api_prompt: dict, texts: tuple[str, ...], source_image: str | None = None) -> dict:
     """A shared workflow (API format) on the world's models: its checkpoint swapped for the
-    world's SDXL parts, its VLM and adapter for the world's, the text of its M2Chat node for
-    `text`, sizes for the world's, KSampler at STEPS and GUIDANCE."""
+    world's SDXL parts, its VLM and adapter for the world's, the texts of its M2Chat nodes for
+    `texts` (one per node, in node order), its LoadImage's picture for `source_image` (a file
+    in ComfyUI's input folder), sizes for the world's, KSampler at STEPS and GUIDANCE."""
     prompt = copy_prompt(api_prompt)
-    world_size = size_inputs(IMAGE_SIZE, IMAGE_SIZE)
+    chat_nodes = chat_node_ids(prompt)
+    if len(chat_nodes) != len(texts):
+        raise ValueError(f"The workflow has {len(chat_nodes)} M2Chat nodes; got {len(texts)} texts.")
+    for node_id, text in zip(chat_nodes, texts):
+        inputs = prompt[node_id]["inputs"]
+        inputs.update(size_inputs(IMAGE_SIZE, IMAGE_SIZE), **{"premise" if "premise" in inputs else "prompt": text})
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] in ("M2ChatEncode", "M2ChatStory"):
-            inputs.update(world_size, **{"premise" if "premise" in inputs else "prompt": text})
-        elif node["class_type"] == "M2ChatVLMLoader":
+        if node["class_type"] == "M2ChatVLMLoader":
             inputs.update(vlm_name=VLM_NAME, dtype="float32")
         elif node["class_type"] == "M2ChatAdapterLoader":
             inputs.update(adapter_name=ADAPTER_FILE)
@@ -244,5 +338,7 @@ def world_workflow(api_prompt: dict, text: str) -> dict:
         elif node["class_type"] == "KSampler":
             inputs.update(steps=STEPS, cfg=GUIDANCE)
         elif node["class_type"] == "M2ChatStoryboard":
-            inputs.update(title=text)
+            inputs.update(title=texts[0])
+        elif node["class_type"] == "LoadImage" and source_image:
+            inputs.update(image=source_image)
     return swap_checkpoints(prompt, WORLD_CHECKPOINT_PARTS)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,12 @@ from accelerate import Accelerator
 
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.vlm import load_vlm
+from train.checkpoints import list_checkpoints, read_state
+from train.trainer import DEFAULT_EXPORT_NAME
 from train.world.__main__ import main
 from train.world.comfyui import REPO
 from train.world.layout import TRAINING_FIGURES, WeightsLayout
+from train.world.report import ABLATIONS, RESULTS_JSON, RESULTS_MARKDOWN
 from train.world.sdxl import load_unet
 from train.world.taesd import load_taesd
 from train.world.training import load_judge
@@ -71,6 +75,36 @@ def test_a_rerun_resumes_from_the_finished_runs(built):
     assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
     assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
     assert (built / "unet" / POOL_FILE).is_file()  # the rerun read its training pool back
+
+
+def test_report_trains_the_ablations_and_measures_every_row_through_the_server(built):
+    arguments = ["--out", str(built), "--weights", str(built / "weights"), "--schedule", "short", "--prompts", "2"]
+    assert main(["report", *arguments]) == 0
+    log = (built / "report.log").read_text()
+    assert "Stage stage1: already finished" in log and "Stage stage2: already finished" in log  # the build's M³FT
+    runs = built / "m3ft" / "runs"
+    stage1 = _adapter_tensors(runs / "stage1")
+    for ablation in ABLATIONS:  # each trained its own adapter
+        assert _adapter_tensors(runs / ablation).keys() >= stage1.keys()
+    assert read_state(list_checkpoints(runs / "stage1_untrained" / "checkpoints")[-1]).global_step == 0
+    assert not torch.equal(_adapter_tensors(runs / "stage1_phi0")["queries"], stage1["queries"])
+    assert load_adapter_file(runs / "stage2_paper_gate" / DEFAULT_EXPORT_NAME).config.gate_mode == "paper"
+
+    figures = json.loads((built / RESULTS_JSON).read_text())
+    assert set(figures) == {"text_to_image", "image_editing", "multimodal_dialogue", "storytelling"}
+    vlm_rows = {"fallback", "m2chat", "m2chat_gate0", "m2chat_gate1", "m2chat_gate_paper", "stage1", *ABLATIONS}
+    for task, task_figures in figures.items():
+        assert set(task_figures) == vlm_rows | ({"zero", "caption"} if task != "storytelling" else set()), task
+        assert all(0.0 <= value <= 1.0 for row in task_figures.values() for value in row.values())
+    for task in ("text_to_image", "image_editing", "multimodal_dialogue"):
+        assert "caption_bleu1" in figures[task]["m2chat"] and "caption_bleu1" not in figures[task]["caption"]
+    assert set(figures["storytelling"]["m2chat"]) == {"caption_followed", "premise_first", "consistent"}
+    markdown = (built / RESULTS_MARKDOWN).read_text()
+    assert markdown.count("| stage2_paper_gate |") == 4 and "**multimodal_dialogue** (2 held-out cases)" in markdown
+
+
+def _adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_adapter_file(run / DEFAULT_EXPORT_NAME).adapter_state
 
 
 @pytest.mark.parametrize("flags, field", [(["--schedule", "weekly"], "schedule")])

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from train.data.dialogue import DialogueRecords
 from train.data.samples import TrainingSample
 from train.data.shards import ImageTextShards
 from train.world.dataset import SplitSizes, write_dataset
-from train.world.language import caption
+from train.world.language import caption, parse_caption
 from train.world.render import png_bytes, render
 from train.world.scenes import Scene, apply_edit, is_held_out, possible_edits, random_scene
 from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, SHAPES
@@ -99,6 +100,19 @@ def test_captions_name_every_object_and_edits_change_only_what_they_say():
     moved = {edit.value: apply_edit(scene, edit) for edit in possible_edits(scene) if edit.kind == "move"}
     assert set(moved) == {"right", "down"}  # left and up would leave the grid
     assert caption(moved["right"]) == "a small red star at the top on a grey background"
+
+
+def test_a_canonical_caption_parses_back_to_its_scene_and_other_text_does_not():
+    rng = random.Random(0)
+    for _ in range(50):
+        scene = random_scene(rng, "any")
+        centred = Scene(scene.background, tuple(replace(obj, offset=(0, 0)) for obj in scene.objects))
+        assert parse_caption(caption(scene)) == centred
+    text = "a large blue square in the middle and a small red star at the top left on a white background"
+    assert parse_caption(text).objects[1].cell == (0, 0)
+    for text in ("", "a large blue blob in the middle on a white background", "a large blue square in the middle",
+                 "a large blue square in the middle on a white backgro"):
+        assert parse_caption(text) is None
 
 
 def test_shards_read_by_the_stage1_reader(world):

@@ -1,4 +1,5 @@
-"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers,checkpoint,m3ft} --out PATH [--field VALUE ...]"""
+"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers,checkpoint,m3ft,report}
+    --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .config import (
     JudgeConfig,
     M3ftConfig,
     MeasureConfig,
+    ReportConfig,
     UnetConfig,
     VaeConfig,
     VlmConfig,
@@ -29,7 +31,7 @@ from .loop import ResumeError
 
 COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "vlm": VlmConfig,
             "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig,
-            "checkpoint": CheckpointConfig, "m3ft": M3ftConfig}
+            "checkpoint": CheckpointConfig, "m3ft": M3ftConfig, "report": ReportConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +96,9 @@ def run(config) -> None:
     elif isinstance(config, VlmConfig):
         from .vlm_training import train_vlm
         train_vlm(config)
+    elif isinstance(config, ReportConfig):  # before M3ftConfig, which it extends
+        from .report import write_report
+        write_report(config)
     elif isinstance(config, M3ftConfig):
         from .m3ft import run_m3ft
         run_m3ft(config)

@@ -188,6 +188,18 @@ class M3ftConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig(M3ftConfig):
+    """M³FT and its ablations trained in --out/m3ft (resumable), every row measured through a real
+    ComfyUI server on --prompts held-out cases per task: --out/results.json and results.md."""
+
+    prompts: int = 64  # held-out cases per task, the same for every row
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.prompts > 0, "prompts", f"must be > 0, got {self.prompts}.")
+
+
+@dataclass(frozen=True)
 class DiffusersConfig:
     """Write the world's SDXL (from --weights) as a diffusers folder for train/ (model.sdxl) to --out."""
 

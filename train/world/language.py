@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from .scenes import Edit, Scene, WorldObject
-from .vocabulary import POSITIONS
+from .vocabulary import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
 
 REQUESTS = (
     "draw {}",
@@ -41,6 +41,22 @@ def caption(scene: Scene) -> str:
     """The canonical caption: 'a small red star at the top left and a large blue circle
     in the middle on a grey background'."""
     return " and ".join(describe_object(o) for o in scene.objects) + f" on a {scene.background} background"
+
+
+def parse_caption(text: str) -> Scene | None:
+    """The scene a canonical caption describes (the inverse of `caption`, objects centred in
+    their cells); None when `text` is not a canonical caption."""
+    body, on_a, background = text.strip().rstrip(".").rpartition(" on a ")
+    background = background.removesuffix(" background")
+    objects = tuple(_OBJECTS_BY_DESCRIPTION.get(part) for part in body.split(" and "))
+    if not on_a or background not in BACKGROUNDS or None in objects:
+        return None
+    return Scene(background, objects)
+
+
+_OBJECTS_BY_DESCRIPTION = {describe_object(obj): obj for obj in (
+    WorldObject(colour, shape, size, row, column)
+    for colour in COLOURS for shape in SHAPES for size in SIZES for row, column in POSITIONS)}
 
 
 def request(rng: random.Random, scene: Scene) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
@@ -32,24 +33,53 @@ SHORT_STAGE1 = ["--adapter.chosen_layers", "[-1]", "--adapter.width", "32", "--a
 
 def run_m3ft(config: M3ftConfig) -> Path:
     """Both stages on the models in `config.weights`; returns the exported adapter file."""
-    out, weights = Path(config.out), WeightsLayout(Path(config.weights))
-    with logged_to(out / "m3ft.log"):
-        data, sdxl = out / "data", out / "sdxl"
-        run_stage("data", data / "manifest.json", lambda: _write_data(data, config))
-        run_stage("sdxl", sdxl / "model_index.json", lambda: _write_sdxl(sdxl, weights))
-        common = ["--model.vlm", str(weights.vlm), "--model.sdxl", str(sdxl), "--resume", "latest",
-                  *(SHORT if config.schedule == "short" else [])]
-        stage1 = _stage_run(1, out / "runs" / "stage1", [
-            *common, "--data.train", f"[{data}/train/shards/world-*.tar]",
-            "--data.validation", f"[{data}/test/shards/world-00000.tar]", "--cache.dir", str(out / "cache"),
-            *(SHORT_STAGE1 if config.schedule == "short" else [])])
-        stage2 = _stage_run(2, out / "runs" / "stage2", [
-            *common, "--init-from", str(stage1),
+    with logged_to(Path(config.out) / "m3ft.log"):
+        return m3ft_stages(prepare_runs(config))[1]
+
+
+def m3ft_stages(runs: StageRuns) -> tuple[Path, Path]:
+    """Stage 1, stage 2 and the float16 export; returns (the stage-1 adapter, the exported one)."""
+    stage1 = runs.stage1("stage1")
+    stage2 = runs.stage2("stage2", init_from=stage1)
+    adapter = runs.out / ADAPTER_FILE
+    run_stage("export", adapter, lambda: _export(stage2, adapter))
+    return stage1, adapter
+
+
+@dataclass(frozen=True)
+class StageRuns:
+    """Stage runs on one M³FT folder's data set and diffusers SDXL, each resumable in
+    <out>/runs/<name> (M³FT itself, and the ablations of train/world/report.py)."""
+
+    out: Path
+    vlm: Path
+    short: bool
+
+    def stage1(self, name: str, extra: tuple[str, ...] = ()) -> Path:
+        data = self.out / "data"
+        return _stage_run(1, self.out / "runs" / name, [
+            *self._common(), "--data.train", f"[{data}/train/shards/world-*.tar]",
+            "--data.validation", f"[{data}/test/shards/world-00000.tar]", "--cache.dir", str(self.out / "cache"),
+            *(SHORT_STAGE1 if self.short else []), *extra])
+
+    def stage2(self, name: str, init_from: Path, extra: tuple[str, ...] = ()) -> Path:
+        data = self.out / "data"
+        return _stage_run(2, self.out / "runs" / name, [
+            *self._common(), "--init-from", str(init_from),
             "--data.train", f"[{data}/train/dialogue.jsonl, {data}/train/editing.jsonl, {data}/train/stories.jsonl]",
-            "--data.validation", f"[{data}/test/dialogue.jsonl]"])
-        adapter = out / ADAPTER_FILE
-        run_stage("export", adapter, lambda: _export(stage2, adapter))
-    return adapter
+            "--data.validation", f"[{data}/test/dialogue.jsonl]", *extra])
+
+    def _common(self) -> list[str]:
+        return ["--model.vlm", str(self.vlm), "--model.sdxl", str(self.out / "sdxl"), "--resume", "latest",
+                *(SHORT if self.short else [])]
+
+
+def prepare_runs(config: M3ftConfig) -> StageRuns:
+    """The data set and the diffusers SDXL that every stage run of `config.out` shares."""
+    out, weights = Path(config.out), WeightsLayout(Path(config.weights))
+    run_stage("data", out / "data" / "manifest.json", lambda: _write_data(out / "data", config))
+    run_stage("sdxl", out / "sdxl" / "model_index.json", lambda: _write_sdxl(out / "sdxl", weights))
+    return StageRuns(out, weights.vlm, config.schedule == "short")
 
 
 def _write_data(data: Path, config: M3ftConfig) -> None:
@@ -76,7 +106,7 @@ def _stage_run(stage: int, output_dir: Path, arguments: list[str]) -> Path:
         if status != 0:
             raise ConfigError(f"M³FT stage {stage} stopped (exit status {status}); its log above says why. "
                               f"Fix that and run the same command again: it resumes from {output_dir}.")
-    run_stage(f"stage{stage}", exported, train)
+    run_stage(output_dir.name, exported, train)
     return exported
 
 
