@@ -1,5 +1,5 @@
 # The two commands of a fresh machine:
-#   make demo   set up, then run the main job on the embedded tiny models
+#   make demo   set up, then run the main job: the four shared workflows on the shapes world's models
 #   make test   set up and run every test tier in both test environments:
 #               locked (ComfyUI 0.3.75, tested versions) and latest (ComfyUI 0.33.0, newest
 #               versions the requirements allow; skipped, saying so, without ../shared),
