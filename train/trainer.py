@@ -134,7 +134,7 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
-        refuse_zero3(self.accelerator)
+        refuse_unsupported_deepspeed(self.accelerator, self.stage)
         # FSDP shards every parameter: its forward is a collective that every process runs.
         self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP
         set_seed(engine.seed)
@@ -514,14 +514,25 @@ def refuse_duplicate_runs(num_processes: int) -> None:
         )
 
 
-def refuse_zero3(accelerator: Accelerator) -> None:
-    """ZeRO-3 partitions the parameters in DeepSpeed's own way, which checkpoints and the
-    export do not gather yet; stop before loading anything rather than write empty files."""
+def refuse_unsupported_deepspeed(accelerator: Accelerator, stage: int) -> None:
+    """Stop before loading anything where DeepSpeed would fail mid-run or write empty files:
+    ZeRO-3 partitions the parameters in its own way, which checkpoints and the export do not
+    gather yet; in stage 2 a process whose batch has no picture computes no gradient for the
+    image path (projector, f_img attention), and ZeRO's gradient buckets, laid out in the
+    order gradients arrive, then differ between processes (gloo: "Received data size doesn't
+    match expected size"; NCCL: a hang)."""
     plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.zero_stage == 3:
+    if plugin is None:
+        return
+    if plugin.zero_stage == 3:
         raise LaunchFault(
             "DeepSpeed ZeRO-3 is not supported by m2chat training yet (its partitioned parameters are not gathered "
             "for checkpoints and the export); use train/accelerate/deepspeed_zero2.yaml or ddp.yaml."
+        )
+    if stage == 2:
+        raise LaunchFault(
+            "DeepSpeed runs M³FT stage 1 only: stage 2 mixes batches with and without pictures, whose gradients "
+            "DeepSpeed cannot reduce across processes yet. Run stage 2 with train/accelerate/ddp.yaml."
         )
 
 
