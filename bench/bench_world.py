@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
 from world_graphs import (  # noqa: E402
     CONDITIONINGS,
+    ROW_LABELS,
     EncodeRow,
     encode_row,
     held_out_dialogues,
@@ -52,18 +53,21 @@ from world_graphs import (  # noqa: E402
 
 from train.world.files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
+from train.world.report import ABLATIONS  # noqa: E402
 from train.world.training import load_judge  # noqa: E402
 
 
+LABELS = {**ROW_LABELS, **{name: ablation.label for name, ablation in ABLATIONS.items()}}
 CASES = {"text_to_image": held_out_prompts, "image_editing": held_out_edits,
          "multimodal_dialogue": held_out_dialogues, "storytelling": held_out_stories}
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
     columns = list(dict.fromkeys(column for values in figures.values() for column in values))
-    lines = ["| conditioning | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {row} | " + " | ".join(f"{values[c]:.3f}" if c in values else "–" for c in columns) + " |"
-              for row, values in figures.items()]
+    lines = ["| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row, values in figures.items():
+        cells = [f"{values[column]:.3f}" if column in values else "–" for column in columns]
+        lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

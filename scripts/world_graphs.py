@@ -75,6 +75,12 @@ ENCODE_ROWS = {
     "m2chat_gate_paper": EncodeRow(adapter=ADAPTER_FILE, gate_mode="paper"),  # g = cos(e_ans, e_cap), Eq. 3
 }
 CONDITIONINGS = ("zero", "caption", *ENCODE_ROWS)
+ROW_LABELS = {  # the rows as the paper's tables name them; "stage1": a stage-1 export given as --adapter
+    "zero": "(a) zero conditioning", "caption": "(b) ground-truth caption",
+    "fallback": "(c) VLM's caption (CLIP fallback)", "stage1": "(d) M²Chat, stage 1",
+    "m2chat": "(e) M²Chat, stage 1 + 2", "m2chat_gate0": "(e), gate fixed 0", "m2chat_gate1": "(e), gate fixed 1",
+    "m2chat_gate_paper": "(e), the paper's gate at inference",
+}
 
 
 def _sampled(positive: list, negative: list, seed: int, prefix: str) -> dict:

@@ -13,6 +13,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
@@ -27,19 +28,31 @@ RESULTS_JSON, RESULTS_MARKDOWN = "results.json", "results.md"
 BENCH = REPO / "bench" / "bench_world.py"
 BENCH_MISSED_TARGETS = 1  # bench_world's exit status when a target is missed: reported, not a failure
 
-# Ablation row -> its training run on StageRuns, given the stage-1 adapter of M³FT.
-ABLATIONS: dict[str, Callable[[StageRuns, Path], Path]] = {
-    # Stage 1 with φ = 0: L_ddpm alone (Eq. 6 without L_align).
-    "stage1_phi0": lambda runs, stage1: runs.stage1("stage1_phi0", ("--loss.phi", "0")),
-    # Stage 1 with L_align alone (no L_ddpm; the UNet is not run).
-    "stage1_align_only": lambda runs, stage1: runs.stage1("stage1_align_only", ("--loss.ddpm_weight", "0")),
-    # Stage 2 from the adapter stage 1 starts from (stage 1 with 0 epochs exports it).
-    "stage2_only": lambda runs, stage1: runs.stage2(
-        "stage2_only", init_from=runs.stage1("stage1_untrained", ("--optim.epochs", "0"))),
-    # Stage 2 with the paper's gate, g = cos(e_ans, e_cap) (Eq. 3), instead of the learned M³FT factor.
-    "stage2_paper_gate": lambda runs, stage1: runs.stage2(
-        "stage2_paper_gate", init_from=stage1,
-        extra=("--gate_mode", "paper", "--groups", "[adapter, special_tokens, projector, llm_norms_biases]")),
+
+@dataclass(frozen=True)
+class Ablation:
+    """A row of the report: how its table names it, and its training run on StageRuns given
+    M³FT's stage-1 adapter (returns the run's adapter file)."""
+
+    label: str
+    train: Callable[[StageRuns, Path], Path]
+
+
+ABLATIONS = {
+    "stage1_phi0": Ablation(  # Eq. 6 without L_align
+        "ablation: stage 1 with φ = 0 (L_ddpm alone)",
+        lambda runs, stage1: runs.stage1("stage1_phi0", ("--loss.phi", "0"))),
+    "stage1_align_only": Ablation(  # the UNet is not run
+        "ablation: stage 1 with L_align alone",
+        lambda runs, stage1: runs.stage1("stage1_align_only", ("--loss.ddpm_weight", "0"))),
+    "stage2_only": Ablation(  # from the adapter stage 1 starts from (stage 1 with 0 epochs exports it)
+        "ablation: stage 2 without stage 1",
+        lambda runs, stage1: runs.stage2(
+            "stage2_only", init_from=runs.stage1("stage1_untrained", ("--optim.epochs", "0")))),
+    "stage2_paper_gate": Ablation(  # g = cos(e_ans, e_cap) (Eq. 3) instead of the learned M³FT factor
+        "ablation: stage 2 with the paper's gate",
+        lambda runs, stage1: runs.stage2("stage2_paper_gate", init_from=stage1, extra=(
+            "--gate_mode", "paper", "--groups", "[adapter, special_tokens, projector, llm_norms_biases]"))),
 }
 
 
@@ -50,7 +63,7 @@ def write_report(config: ReportConfig) -> Path:
     with logged_to(out / "report.log"):
         runs = prepare_runs(m3ft)
         stage1, adapter = m3ft_stages(runs)
-        rows = {"stage1": stage1, **{name: train(runs, stage1) for name, train in ABLATIONS.items()}}
+        rows = {"stage1": stage1, **{name: ablation.train(runs, stage1) for name, ablation in ABLATIONS.items()}}
         markdown = out / RESULTS_MARKDOWN
         run_stage("measure", markdown, lambda: _measure(config, adapter, rows, out))
     return markdown
