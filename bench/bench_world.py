@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures (task -> row -> score) here")
     parser.add_argument("--markdown", type=Path, help="write the tables here, one per task")
     options = parser.parse_args(argv)
+    # Stopped by a signal (a killed report): leave through `finally`, which stops the server.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     rows, tasks = options.rows.split(","), options.tasks.split(",")
     extra = dict(item.split("=", 1) for item in options.adapter)
     world = WeightsLayout(options.weights)
