@@ -23,12 +23,13 @@ scripts/world_graphs.py) is missed.
 
     .venv/bin/python bench/bench_world.py [--prompts 64] [--rows zero,caption,...]
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
-        [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH]
+        [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import signal
@@ -72,6 +73,37 @@ def table(figures: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+class FigureCache:
+    """--cache DIR: each (task, row)'s figures in DIR/<task>/<row>.json with what they were
+    measured on (the row's key: case count, sha256 of the models and of the row's adapter);
+    a rerun measures only the rows that are missing or were measured on other files."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+
+    def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
+        path = self.directory and self.directory / task / f"{row}.json"
+        if not path or not path.is_file():
+            return None
+        stored = json.loads(path.read_text())
+        return stored["figures"] if stored["key"] == key else None
+
+    def put(self, task: str, row: str, key: dict, figures: dict[str, float]) -> dict[str, float]:
+        if self.directory:
+            with atomic_path(self.directory / task / f"{row}.json") as path:
+                path.write_text(json.dumps({"key": key, "figures": figures}, indent=2) + "\n")
+        return figures
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and bytes, in name order)."""
+    sha = hashlib.sha256()
+    for file in sorted(item for item in [path, *path.rglob("*")] if item.is_file()):
+        sha.update(str(file.relative_to(path)).encode())
+        sha.update(file.read_bytes())
+    return sha.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
@@ -85,32 +117,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="the adapter of the m2chat rows (default: the one in --weights)")
     parser.add_argument("--json", type=Path, help="write the figures (task -> row -> score) here")
     parser.add_argument("--markdown", type=Path, help="write the tables here, one per task")
+    parser.add_argument("--cache", type=Path, help="keep each row's figures here; a rerun measures only what is "
+                                                   "missing or was measured on other models")
     options = parser.parse_args(argv)
     # Stopped by a signal (a killed report): leave through `finally`, which stops the server.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     rows, tasks = options.rows.split(","), options.tasks.split(",")
-    extra = dict(item.split("=", 1) for item in options.adapter)
+    extra = {row: Path(file) for row, file in (item.split("=", 1) for item in options.adapter)}
     world = WeightsLayout(options.weights)
     judge = load_judge(world.judge)
-    figures = {}
+    conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
+    cache, weights = FigureCache(options.cache), digest(world.root)
+    world_adapter = digest(options.world_adapter) if options.world_adapter else None
+    keys = {row: {"prompts": options.prompts, "weights": weights,
+                  "adapter": digest(extra[row]) if row in extra else world_adapter} for row in conditionings}
+    figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
-        base = prepare_base_directory(Path(base), world)
-        if options.world_adapter:
-            shutil.copy(options.world_adapter, base / "models" / "m2chat" / ADAPTER_FILE)
-        conditionings = {row: row for row in rows}
-        for row, file in extra.items():
-            shutil.copy(file, base / "models" / "m2chat" / f"{row}.safetensors")
-            conditionings[row] = EncodeRow(adapter=f"{row}.safetensors")
-        server = ComfyServer(base)
         try:
             for task in tasks:
-                cases = CASES[task](options.prompts)
-                figures[task] = {row: measure(server, judge, conditioning, cases)
-                                 for row, conditioning in conditionings.items()
-                                 if task != "storytelling" or encode_row(conditioning)}  # a story needs the VLM
+                cases, figures[task] = CASES[task](options.prompts), {}
+                for row, conditioning in conditionings.items():
+                    if task == "storytelling" and not encode_row(conditioning):
+                        continue  # a story needs the VLM
+                    found = cache.get(task, row, keys[row])
+                    if found is None:
+                        server = server or _start_server(Path(base), world, options.world_adapter, extra)
+                        found = cache.put(task, row, keys[row], measure(server, judge, conditioning, cases))
+                    figures[task][row] = found
                 print(f"{task}, {options.prompts} held-out cases:\n{table(figures[task])}\n", flush=True)
         finally:
-            server.stop()
+            if server:
+                server.stop()
     if options.json:
         with atomic_path(options.json) as path:
             path.write_text(json.dumps(figures, indent=2) + "\n")
@@ -122,6 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     for line in missed:
         print(f"TARGET MISSED: {line}")
     return 1 if missed else 0
+
+
+def _start_server(base: Path, world: WeightsLayout, world_adapter: Path | None, extra: dict[str, Path]) -> ComfyServer:
+    """ComfyUI on the world's models; `world_adapter` is the m2chat rows' adapter, extra[row] is <row>.safetensors."""
+    base = prepare_base_directory(base, world)
+    adapters = base / "models" / "m2chat"
+    if world_adapter:
+        shutil.copy(world_adapter, adapters / ADAPTER_FILE)
+    for row, file in extra.items():
+        shutil.copy(file, adapters / f"{row}.safetensors")
+    return ComfyServer(base)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from comfyui_env import REPO, ComfyServer, prepare_base_directory
 from workflow_api import ui_to_api
-from world_graphs import chat_node_ids, world_workflow
+from world_graphs import chat_node_ids, input_picture, world_workflow
 
-from train.world.render import render
 from train.world.scenes import Scene, WorldObject
 
 OUTPUT = REPO / "demo-output"
@@ -75,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             workflow = REPO / "workflows" / f"{name}.json"
             source_image = None
             if run.source is not None:  # the picture the workflow's LoadImage reads, from ComfyUI's input folder
-                source_image = f"{name}_source.png"
-                (base / "input").mkdir(exist_ok=True)
-                render(run.source).save(base / "input" / source_image)
-                written.append(Path(shutil.copy2(base / "input" / source_image, output)))
+                source = input_picture(base, run.source, f"{name}_source.png")
+                source_image = source.name
+                written.append(Path(shutil.copy2(source, output)))
             api_prompt = ui_to_api(json.loads(workflow.read_text()), server.get("/object_info"))
             prompt = world_workflow(api_prompt, run.texts, source_image)
             print(f"Running {workflow.relative_to(REPO)} on the shapes world: {' / '.join(run.texts)!r} ...",

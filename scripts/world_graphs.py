@@ -134,21 +134,33 @@ def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | 
     return graph
 
 
-def _run(server, graph: dict) -> tuple[list[Path], dict]:
-    """Run one graph on the server; the pictures it saved (in batch order) and its outputs."""
-    entry = server.wait(server.queue(graph))
-    if entry["status"]["status_str"] != "success":
-        raise RuntimeError(f"A world graph failed: {entry['status']}\nServer log: {server.log_path}")
-    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
-    return [server.output_file(image) for image in images], entry["outputs"]
+def run_graphs(server, graphs: list[dict]) -> list[tuple[list[Path], dict]]:
+    """Queue every graph at once (the server runs them back to back, in order), then collect
+    each one's saved pictures (in batch order) and outputs. A failed graph empties the queue."""
+    prompt_ids = [server.queue(graph) for graph in graphs]
+    results = []
+    for prompt_id in prompt_ids:
+        entry = server.wait(prompt_id)
+        if entry["status"]["status_str"] != "success":
+            server.post("/queue", {"clear": True})
+            raise RuntimeError(f"A world graph failed: {entry['status']}\nServer log: {server.log_path}")
+        images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+        results.append(([server.output_file(image) for image in images], entry["outputs"]))
+    return results
 
 
-def run_graph(server, graph: dict) -> tuple[Path, str | None]:
-    """Run one graph on the server; the picture it saved, and the caption its last M2ChatEncode
-    wrote (None in a graph without one)."""
-    (picture,), outputs = _run(server, graph)
-    shown = outputs.get("encode", {}).get("text")  # the node's ui text: [answer, caption]
-    return picture, shown[1] if shown else None
+def input_picture(base_directory: Path, scene: Scene, name: str) -> Path:
+    """The scene drawn into ComfyUI's input folder as `name`, where LoadImage reads it."""
+    inputs = base_directory / "input"
+    inputs.mkdir(exist_ok=True)
+    render(scene).save(inputs / name)
+    return inputs / name
+
+
+def _caption_shown(outputs: dict) -> str | None:
+    """The caption the last M2ChatEncode wrote (its ui text: [answer, caption]); None without one."""
+    shown = outputs.get("encode", {}).get("text")
+    return shown[1] if shown else None
 
 
 def _open(pictures: list[Path]) -> list[Image.Image]:
@@ -247,8 +259,8 @@ def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase]
     consistent        stories whose panels all show one object of the same shape (a story
                       recolours, resizes and moves its object, never reshapes it)."""
     followed, first, consistent = [], [], []
-    for seed, case in enumerate(cases):
-        pictures, outputs = _run(server, story_graph(row, case, seed))
+    stories = run_graphs(server, [story_graph(row, case, seed) for seed, case in enumerate(cases)])
+    for case, (pictures, outputs) in zip(cases, stories, strict=True):
         captions = outputs["captions"]["text"][0].split("\n")
         seen = read_scenes(judge, to_tensor(_open(pictures)))
         for scene, text in zip(seen, captions, strict=True):
@@ -282,17 +294,12 @@ def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Cas
     Stories: measure_stories (M2Chat rows only)."""
     if cases and isinstance(cases[0], StoryCase):
         return measure_stories(server, judge, encode_row(conditioning), cases)
-    pictures, captions = [], []
-    for seed, case in enumerate(cases):
-        source_image = None
-        if case.source is not None:  # the picture to edit, in ComfyUI's input folder for LoadImage
-            source_image = f"world-source-{seed:04d}.png"
-            inputs = server.base_directory / "input"
-            inputs.mkdir(exist_ok=True)
-            render(case.source).save(inputs / source_image)
-        picture, written = run_graph(server, graph_for(conditioning, case, seed, source_image))
-        pictures.append(picture)
-        captions.append(written)
+    sources = [input_picture(server.base_directory, case.source, f"world-source-{seed:04d}.png").name
+               if case.source is not None else None for seed, case in enumerate(cases)]  # the pictures to edit
+    drawn = run_graphs(server, [graph_for(conditioning, case, seed, source)
+                                for seed, (case, source) in enumerate(zip(cases, sources, strict=True))])
+    pictures = [picture for (picture,), _ in drawn]
+    captions = [_caption_shown(outputs) for _, outputs in drawn]
     figures = judged(judge, pictures, [case.truth for case in cases])
     if all(written is not None for written in captions):
         texts = text_scores(captions, [caption(case.truth) for case in cases])

@@ -20,7 +20,7 @@ from train.trainer import DEFAULT_EXPORT_NAME
 from train.world.__main__ import main
 from train.world.comfyui import REPO
 from train.world.layout import TRAINING_FIGURES, WeightsLayout
-from train.world.report import ABLATIONS, RESULTS_JSON, RESULTS_MARKDOWN
+from train.world.report import ABLATIONS, MEASURED, RESULTS_JSON, RESULTS_MARKDOWN
 from train.world.sdxl import load_unet
 from train.world.taesd import load_taesd
 from train.world.training import load_judge
@@ -114,12 +114,20 @@ def test_report_trains_the_ablations_and_measures_every_row_through_the_server(r
     assert "**multimodal_dialogue** (1 held-out cases)" in markdown
 
 
-def test_a_rerun_of_the_report_measures_the_same_table_without_retraining(reported):
+def test_a_rerun_of_the_report_measures_again_only_what_is_missing_and_gets_the_same_table(reported):
     first = (reported / RESULTS_JSON).read_text()
     (reported / RESULTS_JSON).unlink()
     (reported / RESULTS_MARKDOWN).unlink()
+    measured = sorted((reported / MEASURED).glob("*/*.json"))
+    assert len(measured) == sum(len(rows) for rows in json.loads(first).values())  # one file per task and row
+    for path in measured:
+        if path.stem == "m2chat":  # as if killed before M²Chat's row was measured
+            path.unlink()
+    kept = {path: path.stat().st_mtime_ns for path in measured if path.exists()}
     assert _report(reported) == 0
-    assert (reported / RESULTS_JSON).read_text() == first  # same seeds, same table
+    assert (reported / RESULTS_JSON).read_text() == first  # measured again with the same seeds: the same table
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # the other rows were not measured again
+    assert all((reported / MEASURED / task / "m2chat.json").is_file() for task in json.loads(first))
     log = (reported / "report.log").read_text()
     assert all(log.count(f"Stage {name}: running") == 1 for name in ABLATIONS)  # trained by the first run only
 

@@ -4,7 +4,8 @@ Trains, resumably, in <out>/m3ft (a build's folder: its M³FT runs are reused) M
 ablation: the recipe of train/configs/world_stage{1,2}.yaml with one setting changed (ABLATIONS).
 Then it measures every row through a real ComfyUI server with the pack's nodes and native
 KSampler (bench/bench_world.py, the judge reading every picture) on the same held-out cases
-and seeds, and writes <out>/results.json and <out>/results.md.
+and seeds, and writes <out>/results.json and <out>/results.md. Each row's figures are kept in
+<out>/measure (bench_world's --cache), so a killed measurement resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .m3ft import StageRuns, m3ft_stages, prepare_runs
 
 logger = logging.getLogger(__name__)
 
-RESULTS_JSON, RESULTS_MARKDOWN = "results.json", "results.md"
+RESULTS_JSON, RESULTS_MARKDOWN, MEASURED = "results.json", "results.md", "measure"
 BENCH = REPO / "bench" / "bench_world.py"
 BENCH_MISSED_TARGETS = 1  # bench_world's exit status when a target is missed: reported, not a failure
 
@@ -73,7 +74,8 @@ def _measure(config: ReportConfig, adapter: Path, rows: dict[str, Path], out: Pa
     """bench/bench_world.py on the report's models: its own adapter in the m2chat rows, one row per other file."""
     command = [sys.executable, str(BENCH), "--prompts", str(config.prompts), "--weights", config.weights,
                "--world-adapter", str(adapter), *(f"--adapter={row}={file}" for row, file in rows.items()),
-               "--json", str(out / RESULTS_JSON), "--markdown", str(out / RESULTS_MARKDOWN)]
+               "--json", str(out / RESULTS_JSON), "--markdown", str(out / RESULTS_MARKDOWN),
+               "--cache", str(out / MEASURED)]
     status = subprocess.run(command, cwd=REPO, check=False).returncode
     if status not in (0, BENCH_MISSED_TARGETS):
         raise ConfigError(f"Measuring the rows stopped (exit status {status}); its output above says why. "
