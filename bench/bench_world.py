@@ -55,7 +55,7 @@ from world_graphs import (  # noqa: E402
 
 from train.world.files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
-from train.world.report import ABLATIONS  # noqa: E402
+from train.world.report import ABLATIONS, MISSED_TARGETS_EXIT  # noqa: E402
 from train.world.training import load_judge  # noqa: E402
 
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     missed = missed_targets(figures.get("text_to_image", {}))
     for line in missed:
         print(f"TARGET MISSED: {line}")
-    return 1 if missed else 0
+    return MISSED_TARGETS_EXIT if missed else 0
 
 
 def _start_server(base: Path, world: WeightsLayout, world_adapter: Path | None, extra: dict[str, Path]) -> ComfyServer:

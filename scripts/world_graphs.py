@@ -105,14 +105,22 @@ def zero_graph(seed: int) -> dict:
     return graph
 
 
+def _m2chat_sampled(row: EncodeRow, seed: int, prefix: str) -> tuple[dict, dict]:
+    """A graph sampled on node "encode"'s conditioning (outputs 0 and 1), with the VLM's and the
+    row's loaders; and the inputs an M2Chat node of the row takes from them (gate, sizes, generation)."""
+    graph = _sampled(["encode", 0], ["encode", 1], seed, prefix)
+    graph.update(model_loaders(adapter=row.adapter, vlm=VLM_NAME))
+    conditioner = {"adapter": ["adapter", 0]} if row.adapter else {"clip": ["clip", 0]}
+    return graph, {"vlm": ["vlm", 0], **conditioner, "gate_mode": row.gate_mode, "gate_value": row.gate_value,
+                   **size_inputs(IMAGE_SIZE, IMAGE_SIZE), **GENERATION, "max_new_tokens": 48}
+
+
 def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | None) -> dict:
     """M2ChatEncode of each turn of the case (the first with `source_image`, a file in
     ComfyUI's input folder, when editing; each later one with the session and the picture
     the turn before drew, as workflows/multimodal_dialogue.json) -> native sampling; the
     last turn's picture is saved."""
-    graph = _sampled(["encode", 0], ["encode", 1], seed, "world-m2chat" if row.adapter else "world-fallback")
-    graph.update(model_loaders(adapter=row.adapter, vlm=VLM_NAME))
-    conditioner = {"adapter": ["adapter", 0]} if row.adapter else {"clip": ["clip", 0]}
+    graph, row_inputs = _m2chat_sampled(row, seed, "world-m2chat" if row.adapter else "world-fallback")
     image, session = None, None
     if source_image:
         graph["source"] = {"class_type": "LoadImage", "inputs": {"image": source_image}}
@@ -120,10 +128,8 @@ def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | 
     for turn, text in enumerate(case.turns):
         encode = "encode" if turn == len(case.turns) - 1 else f"encode{turn}"
         graph[encode] = {"class_type": "M2ChatEncode", "inputs": {
-            "vlm": ["vlm", 0], **conditioner, "prompt": text, "task": case.task, "draw_mode": "always",
-            "gate_mode": row.gate_mode, "gate_value": row.gate_value,
-            **({"image": image} if image else {}), **({"session": session} if session else {}),
-            **size_inputs(IMAGE_SIZE, IMAGE_SIZE), **GENERATION, "max_new_tokens": 48}}
+            **row_inputs, "prompt": text, "task": case.task, "draw_mode": "always",
+            **({"image": image} if image else {}), **({"session": session} if session else {})}}
         if encode != "encode":  # an earlier turn: draw its picture for the next one
             sampler = graph["sampler"]["inputs"]
             graph[f"sampler{turn}"] = {"class_type": "KSampler",
@@ -239,14 +245,10 @@ def held_out_stories(count: int, seed: int = 0) -> list[StoryCase]:
 def story_graph(row: EncodeRow, case: StoryCase, seed: int) -> dict:
     """M2ChatStory of the premise -> one KSampler over a batch of STORY_PANELS latents (as
     workflows/storytelling.json); the panels are saved and the panels' captions shown."""
-    graph = _sampled(["encode", 0], ["encode", 1], seed, "world-story")
+    graph, row_inputs = _m2chat_sampled(row, seed, "world-story")
     graph["latent"]["inputs"]["batch_size"] = STORY_PANELS
-    graph.update(model_loaders(adapter=row.adapter, vlm=VLM_NAME))
-    conditioner = {"adapter": ["adapter", 0]} if row.adapter else {"clip": ["clip", 0]}
-    graph["encode"] = {"class_type": "M2ChatStory", "inputs": {
-        "vlm": ["vlm", 0], **conditioner, "premise": case.premise, "panels": STORY_PANELS,
-        "gate_mode": row.gate_mode, "gate_value": row.gate_value, **size_inputs(IMAGE_SIZE, IMAGE_SIZE),
-        **GENERATION, "max_new_tokens": 48}}
+    graph["encode"] = {"class_type": "M2ChatStory",
+                       "inputs": {**row_inputs, "premise": case.premise, "panels": STORY_PANELS}}
     graph["captions"] = {"class_type": "PreviewAny", "inputs": {"source": ["encode", 3]}}
     return graph
 

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_JSON, RESULTS_MARKDOWN, MEASURED = "results.json", "results.md", "measure"
 BENCH = REPO / "bench" / "bench_world.py"
-BENCH_MISSED_TARGETS = 1  # bench_world's exit status when a target is missed: reported, not a failure
+MISSED_TARGETS_EXIT = 1  # bench_world's exit status when a target is missed: reported, not a failure
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _measure(config: ReportConfig, adapter: Path, rows: dict[str, Path], out: Pa
                "--json", str(out / RESULTS_JSON), "--markdown", str(out / RESULTS_MARKDOWN),
                "--cache", str(out / MEASURED)]
     status = subprocess.run(command, cwd=REPO, check=False).returncode
-    if status not in (0, BENCH_MISSED_TARGETS):
+    if status not in (0, MISSED_TARGETS_EXIT):
         raise ConfigError(f"Measuring the rows stopped (exit status {status}); its output above says why. "
                           f"The trained runs are kept: run the same command again to measure.")
     logger.info("Wrote %s and %s", out / RESULTS_JSON, out / RESULTS_MARKDOWN)
