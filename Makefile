@@ -6,7 +6,7 @@
 #               then the Comfy ecosystem's registry checks
 PYTHON := .venv/bin/python
 
-.PHONY: demo test test-locked test-latest setup registry-checks
+.PHONY: demo test test-environments test-locked test-latest setup registry-checks
 
 setup:
 	bash scripts/setup_env.sh
@@ -14,7 +14,11 @@ setup:
 demo: setup
 	$(PYTHON) scripts/demo.py
 
-test: test-locked test-latest registry-checks
+test: test-environments registry-checks
+
+# Both environments, side by side (scripts/run_tests.sh); test-locked or test-latest runs one.
+test-environments:
+	bash scripts/run_tests.sh locked latest $(PYTEST_ARGS)
 
 test-locked:
 	bash scripts/run_tests.sh locked $(PYTEST_ARGS)

@@ -1,25 +1,57 @@
 #!/usr/bin/env bash
-# Set up one test environment (scripts/setup_env.sh) and run every test tier in it.
-#   run_tests.sh locked|latest [pytest arguments]
-# The latest environment is skipped, saying so, where its ComfyUI tree is not on the machine.
+# Set up test environments (scripts/setup_env.sh) and run every test tier in each.
+#   run_tests.sh ENV... [pytest arguments]      ENV: locked, latest
+# Environments are set up one after the other (they share apt, pip's cache and the ComfyUI
+# unpacking), then tested side by side, each with its share of the cores as torch threads,
+# each output line prefixed with its environment. Exit status: the first failing one's.
+# An environment whose ComfyUI tree is not on the machine is skipped, saying so.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ENV_NAME=$1; shift
-bash "$ROOT/scripts/setup_env.sh" --env "$ENV_NAME" --browser
-status=$?
-if [ "$status" = 3 ]; then
-  echo "== $ENV_NAME environment NOT TESTED: its ComfyUI tree is missing (see the [setup] line above) =="
-  exit 0
-fi
-[ "$status" = 0 ] || exit "$status"
-case "$ENV_NAME" in
-  locked) VENV=$ROOT/.venv ;;
-  latest) VENV=$ROOT/.venv-latest; export COMFYUI_PATH=$ROOT/.comfyui/latest/ComfyUI ;;
-esac
-export M2CHAT_TEST_ENV=$ENV_NAME
-echo "== $ENV_NAME environment: $("$VENV/bin/python" "$ROOT/scripts/comfyui_env.py" --describe) =="
-start=$(date +%s)
-"$VENV/bin/python" -m pytest "$ROOT/tests" "$@"
-status=$?
-echo "== $ENV_NAME environment: tests took $(( $(date +%s) - start )) s =="
-exit "$status"
+ENVS=()
+while [ $# -gt 0 ] && { [ "$1" = locked ] || [ "$1" = latest ]; }; do ENVS+=("$1"); shift; done
+[ ${#ENVS[@]} -gt 0 ] || { echo "usage: $0 locked|latest... [pytest arguments]" >&2; exit 2; }
+
+READY=()
+for env_name in "${ENVS[@]}"; do
+  bash "$ROOT/scripts/setup_env.sh" --env "$env_name" --browser
+  status=$?
+  if [ "$status" = 3 ]; then
+    echo "== $env_name environment NOT TESTED: its ComfyUI tree is missing (see the [setup] line above) =="
+  elif [ "$status" != 0 ]; then
+    exit "$status"
+  else
+    READY+=("$env_name")
+  fi
+done
+[ ${#READY[@]} -gt 0 ] || exit 0
+
+THREADS=$(( $(nproc) / ${#READY[@]} )); [ "$THREADS" -ge 1 ] || THREADS=1
+
+test_env() {  # test_env ENV [pytest arguments]
+  local env_name=$1; shift
+  local venv=$ROOT/.venv
+  if [ "$env_name" = latest ]; then venv=$ROOT/.venv-latest; export COMFYUI_PATH=$ROOT/.comfyui/latest/ComfyUI; fi
+  export M2CHAT_TEST_ENV=$env_name OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+  echo "== $env_name environment: $("$venv/bin/python" "$ROOT/scripts/comfyui_env.py" --describe), $THREADS torch threads =="
+  local start; start=$(date +%s)
+  # A temporary folder and no pytest cache of its own: the environments run at the same time.
+  "$venv/bin/python" -m pytest "$ROOT/tests" -p no:cacheprovider \
+    --basetemp "${TMPDIR:-/tmp}/m2chat-tests-$env_name" "$@"
+  local status=$?
+  echo "== $env_name environment: tests took $(( $(date +%s) - start )) s, exit status $status =="
+  return "$status"
+}
+
+trap 'trap - INT TERM; kill 0' INT TERM  # a stopped run stops both environments' tests
+PIDS=()
+for env_name in "${READY[@]}"; do
+  ( test_env "$env_name" "$@" 2>&1 | sed -u "s/^/[$env_name] /"; exit "${PIPESTATUS[0]}" ) &
+  PIDS+=($!)
+done
+result=0
+for pid in "${PIDS[@]}"; do
+  wait "$pid"
+  status=$?
+  [ "$result" != 0 ] || result=$status
+done
+exit "$result"

@@ -1,6 +1,7 @@
 """Debian's Chromium driven by Playwright (never `playwright install`: no browser
 downloads here), headless, with a fresh profile per test."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,8 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "browser"
+# one folder per test environment: scripts/run_tests.sh runs them at the same time
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "browser" / os.environ.get("M2CHAT_TEST_ENV", "default")
 
 
 @pytest.fixture(scope="session")
