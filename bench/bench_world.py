@@ -67,7 +67,9 @@ CASES = {"text_to_image": held_out_prompts, "image_editing": held_out_edits,
 def table(figures: dict[str, dict[str, float]]) -> str:
     columns = list(dict.fromkeys(column for values in figures.values() for column in values))
     lines = ["| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for row, values in figures.items():
+    order = list(LABELS)  # the paper's order: (a)-(e), the gate variants, the ablations; other rows last
+    for row in sorted(figures, key=lambda row: order.index(row) if row in order else len(order)):
+        values = figures[row]
         cells = [f"{values[column]:.3f}" if column in values else "–" for column in columns]
         lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

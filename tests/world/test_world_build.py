@@ -111,6 +111,9 @@ def test_report_trains_the_ablations_and_measures_every_row_through_the_server(r
     assert set(figures["storytelling"]["m2chat"]) == {"caption_followed", "premise_first", "consistent"}
     markdown = (built / RESULTS_MARKDOWN).read_text()
     assert markdown.count(f"| {ABLATIONS['stage2_paper_gate'].label} |") == 4
+    text_to_image = markdown.split("\n\n**")[0]  # rows in the paper's order, the --adapter rows included
+    assert (text_to_image.index("| (a) zero") < text_to_image.index("| (d) M²Chat, stage 1 |")
+            < text_to_image.index("| (e) M²Chat, stage 1 + 2 |") < text_to_image.index("| ablation:"))
     assert "**multimodal_dialogue** (1 held-out cases)" in markdown
 
 
