@@ -117,6 +117,11 @@ if [ ! -f "$STAMP" ]; then
     -r "$VENV/comfyui-requirements.txt" requests \
     -r "$ROOT/requirements.txt" -r "$ROOT/requirements/train.txt" \
     -r "$ROOT/requirements/eval.txt" -r "$ROOT/requirements/dev.txt"
+  # deepspeed (optional for users; the ZeRO-2 tests need it): a source archive whose build
+  # imports torch, so built beside the venv's torch, its compiled ops left to build on first use.
+  log "installing deepspeed"
+  DS_BUILD_OPS=0 pip_install "${UPGRADE[@]}" --no-build-isolation -c "$VENV/constraints.txt" \
+    -c "$VENV/torch-pin.txt" -r "$ROOT/requirements/deepspeed.txt"
 
   if "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
     install_shim_if_needed torchvision

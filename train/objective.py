@@ -86,9 +86,11 @@ def unet_target(noise_scheduler: DDPMScheduler, targets: DiffusionTargets) -> to
 class M3FTModel(nn.Module):
     """Everything a step runs, as one module so that accelerate/DDP see every trainable
     parameter (the adapter's and, in stage 2, the VLM's). Returns a dict of scalars:
-    "total", each loss term, and "gate" (the mean g of the batch). Called with None
-    (a batch whose samples were all skipped) it returns a zero loss that still touches
-    every trainable parameter, so distributed gradient reduction stays in step."""
+    "total", each loss term, and "gate" (the mean g of the batch). Every trainable parameter
+    gets a gradient on every process, zero where the batch does not use it (a batch without
+    pictures leaves the image path unused; called with None, a batch whose samples were all
+    skipped, the loss is zero), so reductions that walk the parameters (DDP, DeepSpeed)
+    see the same set on every process."""
 
     def __init__(
         self,
@@ -115,7 +117,7 @@ class M3FTModel(nn.Module):
         self, forced: TeacherForcingBatch | None, targets: DiffusionTargets | None
     ) -> dict[str, torch.Tensor]:
         if forced is None or targets is None:
-            return {"total": sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad) * 0.0}
+            return {"total": self.every_trained_parameter_touched()}
         adapter = self.adapter
         vlm_output = teacher_force(
             self.vlm,
@@ -133,7 +135,12 @@ class M3FTModel(nn.Module):
         else:
             text = text_loss(vlm_output.logits, vlm_output.labels)
             losses = stage2_loss(ddpm, align, text, self.phi, self.lambda_text, self.ddpm_weight)  # Eq. 7
-        return {"total": losses.total, **losses.terms, "gate": adapted.gate.mean().detach()}
+        total = losses.total + self.every_trained_parameter_touched()
+        return {"total": total, **losses.terms, "gate": adapted.gate.mean().detach()}
+
+    def every_trained_parameter_touched(self) -> torch.Tensor:
+        """0, with a (zero) gradient path to every trainable parameter."""
+        return sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad) * 0.0
 
     def unet_loss(self, adapted: M3AdapterOutput, targets: DiffusionTargets) -> torch.Tensor:
         """Eq. 5 on the frozen UNet's prediction, Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)."""

@@ -50,6 +50,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, Stage1Config, TrainConfig
 from .data.batches import TrainingBatch
+from .deepspeed_steps import CoalescedBackward, refuse_unsupported_deepspeed
 from .faults import LaunchFault, output_fault
 from .sharding import gathered_state_dict
 from .loaders import make_loader
@@ -251,6 +252,7 @@ class Trainer:
             # its per-GPU batch from a loader passed here; give it from the config.
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.optim.batch_size
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
+        self.backward = CoalescedBackward(accelerator) if accelerator.state.deepspeed_plugin else accelerator.backward
         # The trained weights go into each checkpoint as an adapter file (write_checkpoint_files);
         # keep accelerate from also saving and loading the whole model with its frozen VLM and UNet.
         accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
@@ -346,7 +348,7 @@ class Trainer:
             with accelerator.accumulate(self.model):
                 outputs = self.compute_losses(batch, epoch, batch_index)
                 self.stop_if_not_finite(outputs)
-                accelerator.backward(outputs["total"])
+                self.backward(outputs["total"])
                 if accelerator.sync_gradients and self.config.optim.max_grad_norm:
                     accelerator.clip_grad_norm_(self.trainable, self.config.optim.max_grad_norm)
                 self.optimizer.step()
@@ -511,28 +513,6 @@ def refuse_duplicate_runs(num_processes: int) -> None:
             "so each would train alone and overwrite the same output folder. On a machine without GPUs, run "
             "`accelerate launch --cpu ...` or set ACCELERATE_USE_CPU=true (torchrun); on GPUs, check that "
             "torch.cuda.device_count() sees them and that the accelerate config does not say use_cpu: true."
-        )
-
-
-def refuse_unsupported_deepspeed(accelerator: Accelerator, stage: int) -> None:
-    """Stop before loading anything where DeepSpeed would fail mid-run or write empty files:
-    ZeRO-3 partitions the parameters in its own way, which checkpoints and the export do not
-    gather yet; in stage 2 a process whose batch has no picture computes no gradient for the
-    image path (projector, f_img attention), and ZeRO's gradient buckets, laid out in the
-    order gradients arrive, then differ between processes (gloo: "Received data size doesn't
-    match expected size"; NCCL: a hang)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    if plugin.zero_stage == 3:
-        raise LaunchFault(
-            "DeepSpeed ZeRO-3 is not supported by m2chat training yet (its partitioned parameters are not gathered "
-            "for checkpoints and the export); use train/accelerate/deepspeed_zero2.yaml or ddp.yaml."
-        )
-    if stage == 2:
-        raise LaunchFault(
-            "DeepSpeed runs M³FT stage 1 only: stage 2 mixes batches with and without pictures, whose gradients "
-            "DeepSpeed cannot reduce across processes yet. Run stage 2 with train/accelerate/ddp.yaml."
         )
 
 

@@ -5,6 +5,7 @@ shared by the training tests and the ComfyUI tests that load the exported files.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,15 @@ class StageRunner:
     def env() -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "TQDM_DISABLE": "1"}
 
+    def launcher_env(self, **extra: str) -> dict[str, str]:
+        """env() for a distributed launcher: in-process trainers of earlier tests may have left
+        accelerate's or torch.distributed's variables in this process's environment, so the
+        launch gets only the launcher's own (and `extra`, e.g. ACCELERATE_USE_CPU)."""
+        inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        env = {name: value for name, value in self.env().items()
+               if not name.startswith("ACCELERATE_") and name not in inherited}
+        return {**env, **extra}
+
     def start(self, stage: int, arguments: list[str]) -> subprocess.Popen:
         return subprocess.Popen(
             self.command(stage, arguments), cwd=REPO_ROOT, env=self.env(),
@@ -79,6 +89,12 @@ class StageRunner:
             self.command(stage, arguments), cwd=REPO_ROOT, env=self.env(), capture_output=True, text=True,
             timeout=timeout,
         )
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

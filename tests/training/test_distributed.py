@@ -7,7 +7,6 @@ duplicate runs when accelerate does not see the launcher's processes."""
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from comfyui_env import HUNG_AFTER_S
-from harness.training import REPO_ROOT
+from harness.training import REPO_ROOT, free_port
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from m2chat_core.adapter_file import load_adapter_file
@@ -24,22 +23,11 @@ from train.cli import EXIT_CONFIG_ERROR, EXIT_RUN_FAULT
 from train.trainer import DEFAULT_EXPORT_NAME
 
 
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def _torchrun_stage1(runner, arguments: list[str], *, use_cpu: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", _free_port(), "-m", "train.stage1", *arguments]
-    # accelerate's multi-CPU (gloo) mode, or (use_cpu False) none. In-process trainers of earlier
-    # tests may have left accelerate's or torch.distributed's variables in this process's
-    # environment: the launch gets only the launcher's own.
-    inherited = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {name: value for name, value in runner.env().items()
-           if not name.startswith("ACCELERATE_") and name not in inherited}
-    env.update({"ACCELERATE_USE_CPU": "true"} if use_cpu else {})
+               "--master_addr", "127.0.0.1", "--master_port", free_port(), "-m", "train.stage1", *arguments]
+    # accelerate's multi-CPU (gloo) mode, or (use_cpu False) none.
+    env = runner.launcher_env(**({"ACCELERATE_USE_CPU": "true"} if use_cpu else {}))
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
 
 

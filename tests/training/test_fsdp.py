@@ -4,14 +4,13 @@ the same optimizer steps as one process on both batches, and the adapter file is
 from the gathered state. accelerate's FSDP path needs GPUs; this is the project's part of it."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import torch
 from comfyui_env import HUNG_AFTER_S
-from harness.training import REPO_ROOT
+from harness.training import REPO_ROOT, free_port
 
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.gate import INITIAL_GATE_SCALE
@@ -75,11 +74,8 @@ WORKER = textwrap.dedent("""
 def test_fully_sharded_adapter_trains_like_one_process_and_exports_gathered(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", port, str(script), str(tmp_path)]
+               "--master_port", free_port(), str(script), str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert result.returncode == 0, result.stderr[-3000:]
