@@ -36,6 +36,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -83,6 +84,16 @@ class FigureCache:
     def __init__(self, directory: Path | None):
         self.directory = directory
 
+    def keys(self, prompts: int, weights: Path, world_adapter: Path | None, extra: dict[str, Path],
+             rows: Iterable[str]) -> dict[str, dict | None]:
+        """Each row's key (hashing the models only where there is a cache to check them against)."""
+        if not self.directory:
+            return dict.fromkeys(rows)
+        models = digest(weights)
+        adapter = digest(world_adapter) if world_adapter else None
+        return {row: {"prompts": prompts, "weights": models, "adapter": digest(extra[row]) if row in extra else adapter}
+                for row in rows}
+
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
         path = self.directory and self.directory / task / f"{row}.json"
         if not path or not path.is_file():
@@ -129,10 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     world = WeightsLayout(options.weights)
     judge = load_judge(world.judge)
     conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
-    cache, weights = FigureCache(options.cache), digest(world.root)
-    world_adapter = digest(options.world_adapter) if options.world_adapter else None
-    keys = {row: {"prompts": options.prompts, "weights": weights,
-                  "adapter": digest(extra[row]) if row in extra else world_adapter} for row in conditionings}
+    cache = FigureCache(options.cache)
+    keys = cache.keys(options.prompts, world.root, options.world_adapter, extra, conditionings)
     figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
         try:

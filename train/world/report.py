@@ -79,5 +79,6 @@ def _measure(config: ReportConfig, adapter: Path, rows: dict[str, Path], out: Pa
     status = subprocess.run(command, cwd=REPO, check=False).returncode
     if status not in (0, MISSED_TARGETS_EXIT):
         raise ConfigError(f"Measuring the rows stopped (exit status {status}); its output above says why. "
-                          f"The trained runs are kept: run the same command again to measure.")
+                          f"The trained runs and the rows measured so far (in {out / MEASURED}) are kept: "
+                          f"run the same command again to measure the rest.")
     logger.info("Wrote %s and %s", out / RESULTS_JSON, out / RESULTS_MARKDOWN)
