@@ -94,6 +94,7 @@ def run(config_class: type[TrainConfig], argv: Sequence[str]) -> int:
     except ConfigError as error:
         logger.error("Invalid config: %s", error)
         return EXIT_CONFIG_ERROR
+    from .checkpoints import CheckpointError
     from .trainer import NonFiniteLossError, Trainer  # heavy imports only once the config is valid
 
     try:
@@ -106,5 +107,8 @@ def run(config_class: type[TrainConfig], argv: Sequence[str]) -> int:
         return EXIT_RUN_FAULT
     except ConfigError as error:  # a setting that only the loaded models can check
         logger.error("Invalid config: %s", error)
+        return EXIT_CONFIG_ERROR
+    except CheckpointError as error:  # --resume names a checkpoint this run cannot continue
+        logger.error("Cannot resume: %s", error)
         return EXIT_CONFIG_ERROR
     return 0

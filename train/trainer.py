@@ -268,7 +268,9 @@ class Trainer:
             return
         state = read_state(checkpoint)
         if state.stage != self.stage:
-            raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.")
+            start_from = (f" To start stage 2 from it, pass --init-from {checkpoint / ADAPTER_FILE_NAME} without --resume."
+                          if self.stage == 2 else "")
+            raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.{start_from}")
         self.check_resumable_here(checkpoint, state)
         load_checkpoint_state(self.accelerator, checkpoint)
         trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
@@ -283,13 +285,21 @@ class Trainer:
 
     def check_resumable_here(self, checkpoint: Path, state: TrainerState) -> None:
         """The same schedule and data order need the same global batch (a global step is
-        the same samples at any process count); refuse otherwise, naming the setting."""
+        the same samples at any process count); refuse otherwise, naming the setting.
+        DeepSpeed's ZeRO state is partitioned by process: it resumes at its own process count."""
+        processes = self.accelerator.num_processes
+        if self.accelerator.state.deepspeed_plugin and state.num_processes not in (None, processes):
+            raise CheckpointError(
+                f"{checkpoint} holds DeepSpeed ZeRO state partitioned over {state.num_processes} processes, and this "
+                f"run has {processes}; DeepSpeed cannot partition it anew. Resume with {state.num_processes} "
+                "processes, or train with train/accelerate/ddp.yaml, whose checkpoints resume at any process count."
+            )
         if state.global_batch is None or state.global_batch == self.global_batch:
             if state.max_steps is not None and state.max_steps != self.max_steps:
                 logger.warning("%s was written by a run of %d steps; this one runs %d, so the LR schedule changes shape",
                                checkpoint, state.max_steps, self.max_steps)
             return
-        optim, processes = self.config.optim, self.accelerator.num_processes
+        optim = self.config.optim
         accumulation, remainder = divmod(state.global_batch, optim.batch_size * processes)
         fix = (f"set --optim.gradient_accumulation_steps={accumulation}" if accumulation and not remainder
                else f"choose optim.batch_size x optim.gradient_accumulation_steps x {processes} processes = {state.global_batch}")

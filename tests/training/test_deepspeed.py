@@ -24,11 +24,11 @@ ZERO2_CONFIG = REPO_ROOT / "train" / "accelerate" / "deepspeed_zero2.yaml"
 RUN = ["--engine.checkpoint_every=2"]
 
 
-def _zero2_on_two_cpu_processes(folder: Path) -> Path:
+def _zero2_on_cpu_processes(folder: Path, processes: int = 2) -> Path:
     """The shipped config, changed only where a CPU machine needs it."""
     config = yaml.safe_load(ZERO2_CONFIG.read_text())
-    config.update(num_processes=2, use_cpu=True, mixed_precision="no")
-    path = folder / "zero2-cpu.yaml"
+    config.update(num_processes=processes, use_cpu=True, mixed_precision="no")
+    path = folder / f"zero2-cpu-{processes}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -45,7 +45,7 @@ def _launch_stage2(runner, config: Path, output_dir: Path, init_from: Path, extr
 def zero2(runner, stage1, tmp_path_factory) -> tuple[Path, Path]:
     """(accelerate config, the uninterrupted run's output folder)."""
     folder = tmp_path_factory.mktemp("zero2")
-    config = _zero2_on_two_cpu_processes(folder)
+    config = _zero2_on_cpu_processes(folder)
     result = _launch_stage2(runner, config, folder / "run", stage1[0] / DEFAULT_EXPORT_NAME)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch 2 x 1 accumulation x 2 processes" in result.stderr
@@ -78,11 +78,27 @@ def test_zero2_checkpoints_hold_only_the_trained_weights(runner, zero2):
         assert saved < frozen / 10, (checkpoint.name, saved, frozen)
 
 
+def _copy_checkpoint_2(run: Path, output_dir: Path) -> None:
+    shutil.copytree(run / "checkpoints" / "checkpoint-2", output_dir / "checkpoints" / "checkpoint-2")
+    shutil.copy(run / CONFIG_FILE_NAME, output_dir / CONFIG_FILE_NAME)
+
+
 def test_zero2_resumed_run_ends_where_the_uninterrupted_one_does(runner, stage1, zero2, tmp_path):
     config, uninterrupted = zero2
-    shutil.copytree(uninterrupted / "checkpoints" / "checkpoint-2", tmp_path / "checkpoints" / "checkpoint-2")
-    shutil.copy(uninterrupted / CONFIG_FILE_NAME, tmp_path / CONFIG_FILE_NAME)
+    _copy_checkpoint_2(uninterrupted, tmp_path)
     result = _launch_stage2(runner, config, tmp_path, stage1[0] / DEFAULT_EXPORT_NAME, ["--resume=latest"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from" in result.stderr
     _assert_same_adapter(tmp_path, uninterrupted)
+
+
+def test_zero2_checkpoint_resumed_at_another_process_count_is_refused_with_the_fix(runner, stage1, zero2, tmp_path):
+    """DeepSpeed cannot re-partition ZeRO state; its own error was a raw ZeRORuntimeException."""
+    _copy_checkpoint_2(zero2[1], tmp_path)
+    config = _zero2_on_cpu_processes(tmp_path, processes=1)
+    result = _launch_stage2(runner, config, tmp_path, stage1[0] / DEFAULT_EXPORT_NAME,
+                            ["--resume=latest", "--optim.gradient_accumulation_steps=2"])
+    assert result.returncode != 0
+    assert f"train.cli: Cannot resume: {tmp_path / 'checkpoints' / 'checkpoint-2'} holds DeepSpeed ZeRO state " \
+           "partitioned over 2 processes, and this run has 1" in result.stderr, result.stderr[-3000:]
+    assert "Resume with 2 processes, or train with train/accelerate/ddp.yaml" in result.stderr

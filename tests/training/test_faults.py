@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from comfyui_env import HUNG_AFTER_S
 
-from train.cli import EXIT_RUN_FAULT
+from train.checkpoints import ADAPTER_FILE_NAME, list_checkpoints
+from train.cli import EXIT_CONFIG_ERROR, EXIT_RUN_FAULT
 from train.data.shards import ImageTextShards
 from train.faults import DataFault
+from train.trainer import DEFAULT_EXPORT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,4 +115,15 @@ def test_read_only_output_dir_is_refused_with_the_fix(runner, tmp_path):
     assert result.returncode == EXIT_RUN_FAULT, result.stderr[-3000:]
     assert "cannot write to /mnt/run (Read-only file system): make it writable or point engine.output_dir " \
            "elsewhere." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resuming_stage_2_from_a_stage_1_checkpoint_names_init_from(runner, stage1, tmp_path):
+    checkpoint = list_checkpoints(stage1[0] / "checkpoints")[-1]
+    arguments = [*runner.overrides(2, tmp_path), f"--init-from={stage1[0] / DEFAULT_EXPORT_NAME}",
+                 f"--resume={checkpoint}"]
+    result = runner.run(2, arguments)
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stderr[-3000:]
+    assert f"Cannot resume: {checkpoint} is a stage-1 checkpoint; this is stage 2. To start stage 2 from it, pass " \
+           f"--init-from {checkpoint / ADAPTER_FILE_NAME} without --resume." in result.stderr
     assert "Traceback" not in result.stderr
