@@ -4,8 +4,9 @@ ZeRO-2 reduces gradients in buckets filled in the order they arrive during backw
 stage 2 a process whose batch has pictures reaches the image path (projector, f_img
 attention) late in its backward, one whose batch has none reaches it at once (through the
 zero term of M3FTModel that gives every trained parameter a gradient), so the processes'
-buckets would hold different parameters: gloo stops with "Received data size doesn't match
-expected size", NCCL hangs or sums the wrong tensors. DeepSpeed's coalesced reduction
+buckets would hold the same parameters in another order (measured: the wrong tensors
+summed without an error) or, without the zero term, other parameters (gloo: "Received data
+size doesn't match expected size"). DeepSpeed's coalesced reduction
 (`DeepSpeedEngine.coalesce_grad_reduction`, deepspeed >= 0.19.8) leaves the gradients on
 the parameters through every backward of the step and reduces them once, after the last
 one, walking the parameters in their fixed order: the same on every process."""
@@ -20,33 +21,27 @@ from accelerate import Accelerator
 from .faults import LaunchFault
 
 
-def refuse_unsupported_deepspeed(accelerator: Accelerator, stage: int) -> None:
-    """Stop before loading anything where DeepSpeed would fail mid-run or write empty files.
-    ZeRO-3 partitions the parameters in its own way, which checkpoints and the export do not
-    gather yet; stage 2 needs the coalesced reduction, which only ZeRO-2 with deepspeed's
-    ZeRO optimizer has."""
+def refuse_unsupported_deepspeed(accelerator: Accelerator) -> None:
+    """Stop before loading anything where DeepSpeed would fail mid-run or write empty files:
+    ZeRO-3 partitions the parameters, which checkpoints and the export do not gather (and
+    processes with and without pictures would gather the frozen vision tower's apart);
+    ZeRO-0/1 under accelerate skip the coalesced reduction (no_sync, bf16 optimizer)."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
-    if plugin.zero_stage == 3:
+    if plugin.zero_stage != 2:
         raise LaunchFault(
-            "DeepSpeed ZeRO-3 is not supported by m2chat training yet (its partitioned parameters are not gathered "
-            "for checkpoints and the export); use train/accelerate/deepspeed_zero2.yaml or ddp.yaml."
+            f"m2chat training runs DeepSpeed with ZeRO stage 2 only (this config says zero_stage: {plugin.zero_stage}): "
+            "use train/accelerate/deepspeed_zero2.yaml, or ddp.yaml."
         )
-    if stage == 2 and plugin.zero_stage != 2:
-        raise LaunchFault(
-            f"M³FT stage 2 under DeepSpeed needs ZeRO stage 2 (this config says zero_stage: {plugin.zero_stage}): "
-            "use train/accelerate/deepspeed_zero2.yaml or ddp.yaml."
-        )
-    if stage == 2:
-        from deepspeed import DeepSpeedEngine, __version__
+    from deepspeed import DeepSpeedEngine, __version__
 
-        if not hasattr(DeepSpeedEngine, "coalesce_grad_reduction"):
-            raise LaunchFault(
-                f"M³FT stage 2 under DeepSpeed needs deepspeed >= 0.19.8 (installed: {__version__}), whose coalesced "
-                "gradient reduction keeps batches with and without pictures in step: pip install -U deepspeed, "
-                "or use train/accelerate/ddp.yaml."
-            )
+    if not hasattr(DeepSpeedEngine, "coalesce_grad_reduction"):
+        raise LaunchFault(
+            f"m2chat training needs deepspeed >= 0.19.8 (installed: {__version__}), whose coalesced gradient "
+            "reduction keeps the processes' gradients in step: pip install -U deepspeed, or use "
+            "train/accelerate/ddp.yaml."
+        )
 
 
 class CoalescedBackward:

@@ -135,7 +135,7 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
-        refuse_unsupported_deepspeed(self.accelerator, self.stage)
+        refuse_unsupported_deepspeed(self.accelerator)
         # FSDP shards every parameter: its forward is a collective that every process runs.
         self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP
         set_seed(engine.seed)

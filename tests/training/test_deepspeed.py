@@ -24,11 +24,12 @@ ZERO2_CONFIG = REPO_ROOT / "train" / "accelerate" / "deepspeed_zero2.yaml"
 RUN = ["--engine.checkpoint_every=2"]
 
 
-def _zero2_on_cpu_processes(folder: Path, processes: int = 2) -> Path:
-    """The shipped config, changed only where a CPU machine needs it."""
+def _zero2_on_cpu_processes(folder: Path, processes: int = 2, zero_stage: int = 2) -> Path:
+    """The shipped config, changed only where a CPU machine needs it (or to another ZeRO stage)."""
     config = yaml.safe_load(ZERO2_CONFIG.read_text())
     config.update(num_processes=processes, use_cpu=True, mixed_precision="no")
-    path = folder / f"zero2-cpu-{processes}.yaml"
+    config["deepspeed_config"]["zero_stage"] = zero_stage
+    path = folder / f"zero{zero_stage}-cpu-{processes}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -102,3 +103,13 @@ def test_zero2_checkpoint_resumed_at_another_process_count_is_refused_with_the_f
     assert f"train.cli: Cannot resume: {tmp_path / 'checkpoints' / 'checkpoint-2'} holds DeepSpeed ZeRO state " \
            "partitioned over 2 processes, and this run has 1" in result.stderr, result.stderr[-3000:]
     assert "Resume with 2 processes, or train with train/accelerate/ddp.yaml" in result.stderr
+
+
+def test_zero3_is_refused_before_loading_anything_naming_zero2(runner, stage1, tmp_path):
+    """ZeRO-3 stopped mid-run (processes with and without pictures gather the frozen vision tower apart)."""
+    config = _zero2_on_cpu_processes(tmp_path, zero_stage=3)
+    result = _launch_stage2(runner, config, tmp_path / "run", stage1[0] / DEFAULT_EXPORT_NAME)
+    assert result.returncode != 0
+    assert "m2chat training runs DeepSpeed with ZeRO stage 2 only (this config says zero_stage: 3): use " \
+           "train/accelerate/deepspeed_zero2.yaml, or ddp.yaml." in result.stderr, result.stderr[-3000:]
+    assert "Loaded VLM" not in result.stderr
