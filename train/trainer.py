@@ -50,7 +50,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, Stage1Config, TrainConfig
 from .data.batches import TrainingBatch
-from .deepspeed_steps import CoalescedBackward, refuse_unsupported_deepspeed
+from .deepspeed_steps import CoalescedBackward, process_group_settings, refuse_unsupported_deepspeed
 from .faults import LaunchFault, output_fault
 from .sharding import gathered_state_dict
 from .loaders import make_loader
@@ -132,7 +132,7 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=engine.seed),
             step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, at any process count
             # Stage 1 samples have no input image, so the adapter's f_img branch gets no gradient.
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True), *process_group_settings()],
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
         refuse_unsupported_deepspeed(self.accelerator)
