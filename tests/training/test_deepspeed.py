@@ -20,8 +20,9 @@ from train.checkpoints import CONFIG_FILE_NAME, list_checkpoints
 from train.trainer import DEFAULT_EXPORT_NAME
 
 ZERO2_CONFIG = REPO_ROOT / "train" / "accelerate" / "deepspeed_zero2.yaml"
-# 12 dialogues, batch 2 x 2 processes: 3 steps, a checkpoint at step 2.
-RUN = ["--engine.checkpoint_every=2"]
+# 12 dialogues, batch 2 x 2 processes: 3 steps, a checkpoint at step 2; a learning rate that
+# falls each step, so a schedule not applied under DeepSpeed (or not resumed) shows.
+RUN = ["--engine.checkpoint_every=2", "--optim.lr_scheduler=linear"]
 
 
 def _zero2_on_cpu_processes(folder: Path, processes: int = 2, zero_stage: int = 2) -> Path:
