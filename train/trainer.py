@@ -131,8 +131,9 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=engine.seed),
             step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, at any process count
-            # Stage 1 samples have no input image, so the adapter's f_img branch gets no gradient.
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True), *process_group_settings()],
+            # M3FTModel gives every trained parameter a gradient (zero where unused, e.g. the f_img
+            # branch without input images), so DDP need not search the graph for unused ones.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False), *process_group_settings()],
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
         refuse_unsupported_deepspeed(self.accelerator)
