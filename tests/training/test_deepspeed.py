@@ -107,8 +107,9 @@ def test_zero2_checkpoint_resumed_at_another_process_count_is_refused_with_the_f
 
 
 def test_zero3_is_refused_before_loading_anything_naming_zero2(runner, stage1, tmp_path):
-    """ZeRO-3 stopped mid-run (processes with and without pictures gather the frozen vision tower apart)."""
-    config = _zero2_on_cpu_processes(tmp_path, zero_stage=3)
+    """ZeRO-3 stopped mid-run (processes with and without pictures gather the frozen vision tower apart).
+    One process: the refusal is the same, and no launcher waits for a second one to stop."""
+    config = _zero2_on_cpu_processes(tmp_path, processes=1, zero_stage=3)
     result = _launch_stage2(runner, config, tmp_path / "run", stage1[0] / DEFAULT_EXPORT_NAME)
     assert result.returncode != 0
     assert "m2chat training runs DeepSpeed with ZeRO stage 2 only (this config says zero_stage: 3): use " \
