@@ -39,7 +39,9 @@ def _launch_stage2(runner, config: Path, output_dir: Path, init_from: Path, extr
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--main_process_port", free_port(), "-m", "train.stage2",
                *runner.overrides(2, output_dir), f"--init-from={init_from}", *RUN, *extra]
-    env = runner.launcher_env(DS_ACCELERATOR="cpu")
+    # DeepSpeed compiles its shared-memory op on first use; each venv keeps its own build (a
+    # build shared by two venvs' include paths was recompiled at every switch, about a minute).
+    env = runner.launcher_env(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(Path(sys.prefix) / "torch-extensions"))
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
 
 
