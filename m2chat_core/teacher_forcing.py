@@ -19,7 +19,7 @@ recorded explicitly, so padding never shifts where a caption starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -252,9 +252,14 @@ def _concatenate_zero_padded(values: list[torch.Tensor]) -> torch.Tensor:
 
 @contextmanager
 def _special_embeddings_fed(
-    embedding: nn.Module, special_index: torch.Tensor, special_token_embeddings: torch.Tensor
+    embedding: nn.Module,
+    special_index: torch.Tensor,
+    special_token_embeddings: torch.Tensor,
+    zero_anchor: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Swap the special tokens' embeddings in at their positions of the embedding output."""
+    """Swap the special tokens' embeddings in at their positions of the embedding output
+    (and add `zero_anchor`, a 0 whose backward reaches the blank picture's encoder, where
+    a real picture's features enter the language model)."""
     is_special = (special_index != NOT_SPECIAL)[..., None]
     rows = special_index.clamp(min=0)
 
@@ -262,7 +267,8 @@ def _special_embeddings_fed(
         if output.shape[:-1] != special_index.shape:  # some other lookup, e.g. a single token id
             return None
         specials = special_token_embeddings.to(output.dtype)[rows]
-        return torch.where(is_special, specials, output)
+        fed = torch.where(is_special, specials, output)
+        return fed if zero_anchor is None else fed + zero_anchor.to(fed.dtype)
 
     handle = embedding.register_forward_hook(feed)
     try:
@@ -278,15 +284,26 @@ def teacher_force(
     chosen_layers: Sequence[int],
     *,
     with_text_logits: bool,
+    blank_picture: Mapping[str, Any] | None = None,
 ) -> TeacherForcedOutput:
     """One forward of the VLM over `batch`; gradients reach `special_token_embeddings` and
-    every trainable VLM parameter (the projector through f_img and the placeholders)."""
+    every trainable VLM parameter (the projector through f_img and the placeholders).
+
+    `blank_picture` (`LoadedVLM.blank_picture_inputs()`, for sharded parameters): every
+    process runs the same modules in the same order at every step, as the collectives that
+    gather sharded parameters need: a batch without pictures encodes the blank one and adds
+    it to the language model's input with weight 0, and a batch without new pictures gives
+    the adapter masked-out f_img (g = 1 there, so its image branch adds exactly 0)."""
     device = vlm.device
     special_index = batch.special_index.to(device)
     arguments: dict[str, Any] = vlm.forward_inputs(batch.processor_inputs)
+    zero_anchor = None
     if "pixel_values" in batch.processor_inputs:
         mm_encoder_outputs, per_image = vlm.encode_images(batch.processor_inputs)
         arguments["mm_encoder_outputs"] = mm_encoder_outputs
+    elif blank_picture is not None:
+        per_image = vlm.encode_images(blank_picture)[1]
+        zero_anchor = sum(features.sum() for features in per_image) * 0.0
     else:
         per_image = []
     arguments.update(
@@ -298,7 +315,7 @@ def teacher_force(
     )
     if not with_text_logits and vlm.accepts_forward_argument("logits_to_keep"):
         arguments["logits_to_keep"] = 1  # the LM head over the whole sequence is not needed
-    with _special_embeddings_fed(vlm.input_embeddings, special_index, special_token_embeddings.to(device)):
+    with _special_embeddings_fed(vlm.input_embeddings, special_index, special_token_embeddings.to(device), zero_anchor):
         outputs = vlm.model(**arguments)
 
     hidden_states = outputs.hidden_states
@@ -309,6 +326,9 @@ def teacher_force(
     )  # (B, L, T, H): h_l at t_{cap,img}
     answer_mask = batch.answer_mask.to(device)
     image_features, image_mask = _new_image_features(batch, per_image)
+    if image_features is None and blank_picture is not None:
+        image_features = per_image[0].expand(len(batch.image_counts), -1, -1)
+        image_mask = torch.zeros(image_features.shape[:2], dtype=torch.bool, device=image_features.device)
     features = VLMFeatures(
         caption_hidden_states=caption_hidden_states,
         caption_mask=batch.feature_mask.to(device),

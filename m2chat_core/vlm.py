@@ -125,6 +125,10 @@ class LoadedVLM:
         """Token ids (image placeholders expanded) and pixel inputs for one prompt."""
         return self.processor(text=text, images=list(images) or None, return_tensors="pt")
 
+    def blank_picture_inputs(self) -> BatchFeature:
+        """The image processor's inputs for one black picture, for `encode_images`."""
+        return self.processor.image_processor(images=[Image.new("RGB", (64, 64))], return_tensors="pt")
+
     @property
     def image_token_id(self) -> int | None:
         """The id of the placeholder token the processor expands for each image."""

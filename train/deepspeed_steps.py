@@ -9,7 +9,13 @@ summed without an error) or, without the zero term, other parameters (gloo: "Rec
 size doesn't match expected size"). DeepSpeed's coalesced reduction
 (`DeepSpeedEngine.coalesce_grad_reduction`, deepspeed >= 0.19.8) leaves the gradients on
 the parameters through every backward of the step and reduces them once, after the last
-one, walking the parameters in their fixed order: the same on every process."""
+one, walking the parameters in their fixed order: the same on every process.
+
+ZeRO-3 also partitions the parameters, frozen ones included, and gathers each module's
+before its forward and backward: a collective, so every process must run the same modules
+in the same order (a batch without pictures encodes a blank one, `teacher_force`), and
+parameters read outside their module's forward (the special-token embeddings, the zero
+term) are registered with the model that reads them."""
 
 from __future__ import annotations
 
@@ -32,18 +38,25 @@ def process_group_settings() -> list[InitProcessGroupKwargs]:
     return []
 
 
-def refuse_unsupported_deepspeed(accelerator: Accelerator) -> None:
-    """Stop before loading anything where DeepSpeed would fail mid-run or write empty files:
-    ZeRO-3 partitions the parameters, which checkpoints and the export do not gather (and
-    processes with and without pictures would gather the frozen vision tower's apart);
-    ZeRO-0/1 under accelerate skip the coalesced reduction (no_sync, bf16 optimizer)."""
+SUPPORTED_ZERO_STAGES = (2, 3)
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    """The ZeRO stage of a DeepSpeed run, None without DeepSpeed."""
     plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def refuse_unsupported_deepspeed(accelerator: Accelerator) -> None:
+    """Stop before loading anything where DeepSpeed would fail mid-run: ZeRO-0/1 under
+    accelerate skip the coalesced reduction (no_sync, bf16 optimizer)."""
+    stage = zero_stage(accelerator)
+    if stage is None:
         return
-    if plugin.zero_stage != 2:
+    if stage not in SUPPORTED_ZERO_STAGES:
         raise LaunchFault(
-            f"m2chat training runs DeepSpeed with ZeRO stage 2 only (this config says zero_stage: {plugin.zero_stage}): "
-            "use train/accelerate/deepspeed_zero2.yaml, or ddp.yaml."
+            f"m2chat training runs DeepSpeed with ZeRO stage 2 or 3 (this config says zero_stage: {stage}): "
+            "use train/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml, or ddp.yaml."
         )
     from deepspeed import DeepSpeedEngine, __version__
 
@@ -74,3 +87,44 @@ class CoalescedBackward:
             block.__exit__(None, None, None)
             self.engine.set_gradient_accumulation_boundary(is_boundary=True)
             self.engine.step()
+
+
+def load_models_whole() -> None:
+    """ZeRO-3: accelerate tells transformers that ZeRO-3 is on even with zero3_init_flag
+    false, and `from_pretrained` then partitions every model it loads, also the frozen text
+    encoders and VAE the data loader runs outside the engine. Load every model whole; the
+    engine partitions the ones it holds."""
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def register_parameters_read_outside_modules(model: torch.nn.Module, parameters: list[torch.nn.Parameter]) -> None:
+    """ZeRO-3 gathers a module's own parameters for its forward only; `model` reads the
+    trained ones directly (special-token embeddings, the zero term), so gather them for its
+    whole forward."""
+    from deepspeed.runtime.zero import register_external_parameter
+
+    for parameter in parameters:
+        register_external_parameter(model, parameter)
+
+
+def whole_parameters(parameters: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+    """Inside: ZeRO-3-partitioned `parameters` whole on every process (a collective); other
+    parameters as they are."""
+    if not any(hasattr(parameter, "ds_id") for parameter in parameters):
+        return contextlib.nullcontext()
+    from deepspeed.runtime.zero import GatheredParameters
+
+    return GatheredParameters(parameters)
+
+
+def parameter_count(parameter: torch.nn.Parameter) -> int:
+    """Elements of the whole parameter, also when ZeRO-3 holds only a partition here."""
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
+
+
+def partition_sizes(model: torch.nn.Module) -> tuple[int, int]:
+    """(elements this process holds, elements of the whole parameters) of a ZeRO-3 model."""
+    parameters = list(model.parameters())
+    return sum(parameter.ds_tensor.numel() for parameter in parameters), sum(map(parameter_count, parameters))

@@ -3,7 +3,9 @@ losses of Eq. 6 (stage 1) or Eq. 7 (stage 2)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -103,6 +105,7 @@ class M3FTModel(nn.Module):
         phi: float,
         lambda_text: float,
         ddpm_weight: float = 1.0,
+        blank_picture: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.adapter = adapter
@@ -112,6 +115,7 @@ class M3FTModel(nn.Module):
         check_prediction_type(noise_scheduler)  # refused before the first step
         self.noise_scheduler = noise_scheduler
         self.stage, self.phi, self.lambda_text, self.ddpm_weight = stage, phi, lambda_text, ddpm_weight
+        self.blank_picture = blank_picture  # sharded parameters: see teacher_force
 
     def forward(
         self, forced: TeacherForcingBatch | None, targets: DiffusionTargets | None
@@ -125,6 +129,7 @@ class M3FTModel(nn.Module):
             adapter.special_token_embeddings,
             adapter.config.chosen_layers,
             with_text_logits=self.stage == 2,
+            blank_picture=self.blank_picture,
         )
         adapted = adapter(vlm_output.features)  # h_align (B, 77, 2048), h_palign (B, 1280)
         align = alignment_loss(adapted.context, adapted.pooled, targets.context, targets.pooled)  # Eq. 2

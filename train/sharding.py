@@ -16,5 +16,6 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gathered_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """`module.state_dict()` with every sharded entry gathered, detached, on the CPU."""
-    return {name: full_tensor(tensor).detach().cpu() for name, tensor in module.state_dict().items()}
+    """`module.state_dict()` with every sharded entry gathered, detached, copied to the CPU
+    (ZeRO-3's gathered parameters live in buffers it reuses)."""
+    return {name: full_tensor(tensor).detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}

@@ -50,8 +50,18 @@ from .checkpoints import (
 )
 from .config import ConfigError, Stage1Config, TrainConfig
 from .data.batches import TrainingBatch
-from .deepspeed_steps import CoalescedBackward, process_group_settings, refuse_unsupported_deepspeed
-from .faults import LaunchFault, output_fault
+from .deepspeed_steps import (
+    CoalescedBackward,
+    load_models_whole,
+    parameter_count,
+    partition_sizes,
+    process_group_settings,
+    refuse_unsupported_deepspeed,
+    register_parameters_read_outside_modules,
+    whole_parameters,
+    zero_stage,
+)
+from .faults import DataFault, LaunchFault, output_fault
 from .sharding import gathered_state_dict
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
@@ -93,6 +103,7 @@ class Trainer:
         self.global_step = 0
         self.saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
         self.skipped: Counter = Counter()
+        self.replayable: tuple[object, DiffusionTargets] | None = None  # the last batch, where parameters are sharded
         self.validation: dict[int, dict[str, float]] = {}
 
     def fit(self) -> FitResult:
@@ -137,8 +148,11 @@ class Trainer:
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
         refuse_unsupported_deepspeed(self.accelerator)
-        # FSDP shards every parameter: its forward is a collective that every process runs.
-        self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        self.zero3 = zero_stage(self.accelerator) == 3
+        if self.zero3:
+            load_models_whole()
+        # FSDP and ZeRO-3 shard every parameter: their forward is a collective that every process runs.
+        self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP or self.zero3
         set_seed(engine.seed)
         self.checkpoints = checkpoints_folder(self.output_dir)
         try:
@@ -194,6 +208,7 @@ class Trainer:
             phi=config.loss.phi,
             lambda_text=config.loss.lambda_text,
             ddpm_weight=config.loss.ddpm_weight,
+            blank_picture=self.vlm.blank_picture_inputs() if self.parameters_sharded else None,
         )
 
     def prepare_data(self) -> None:
@@ -252,6 +267,8 @@ class Trainer:
             # The train loader was prepared on its own (prepare_data), so DeepSpeed cannot read
             # its per-GPU batch from a loader passed here; give it from the config.
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.optim.batch_size
+        if self.zero3:
+            register_parameters_read_outside_modules(self.model, self.trainable)
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
         self.backward = CoalescedBackward(accelerator) if accelerator.state.deepspeed_plugin else accelerator.backward
         # The trained weights go into each checkpoint as an adapter file (write_checkpoint_files);
@@ -274,15 +291,17 @@ class Trainer:
             raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.{start_from}")
         self.check_resumable_here(checkpoint, state)
         load_checkpoint_state(self.accelerator, checkpoint)
-        trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
-        self.adapter.load_state_dict(trained.adapter_state)
-        if trained.vlm_deltas is not None:
-            load_vlm_deltas(self.vlm.model, trained.vlm_deltas)
+        if not self.zero3:  # ZeRO-3's engine state restores its partitions of the trained weights
+            trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
+            self.adapter.load_state_dict(trained.adapter_state)
+            if trained.vlm_deltas is not None:
+                load_vlm_deltas(self.vlm.model, trained.vlm_deltas)
         self.global_step = self.saved_step = state.global_step
         # accelerate restores its micro-batch count of the run that saved; with another process
         # count that run accumulated another number of batches per step, so count afresh.
         self.accelerator.step = self.global_step * self.config.optim.gradient_accumulation_steps
-        logger.info("Resumed from %s at step %d", checkpoint, self.global_step)
+        if self.accelerator.is_main_process:
+            logger.info("Resumed from %s at step %d", checkpoint, self.global_step)
 
     def check_resumable_here(self, checkpoint: Path, state: TrainerState) -> None:
         """The same schedule and data order need the same global batch (a global step is
@@ -315,9 +334,9 @@ class Trainer:
         self.accelerator.init_trackers(f"m2chat-stage{self.stage}", config=_flat_hyperparameters(self.config.to_dict()))
         if not self.accelerator.is_main_process:
             return
-        counts = {group: sum(parameter.numel() for parameter in parameters.values()) for group, parameters in self.groups.items()}
+        counts = {group: sum(map(parameter_count, parameters.values())) for group, parameters in self.groups.items()}
         frozen = sum(
-            parameter.numel()
+            parameter_count(parameter)
             for module in (self.adapter, self.vlm.model, self.sdxl.unet, self.sdxl.vae, self.sdxl.text_encoder, self.sdxl.text_encoder_2)
             for parameter in module.parameters()
             if not parameter.requires_grad
@@ -327,6 +346,9 @@ class Trainer:
             "Stage %d trains %d groups (%s parameters):\n%s\n  %-17s%15s parameters",
             self.stage, len(counts), f"{sum(counts.values()):,}", "\n".join(lines), "frozen", f"{frozen:,}",
         )
+        if self.zero3:
+            held, whole = partition_sizes(self.model.module)
+            logger.info("ZeRO-3: each process holds %s of the model's %s parameters", f"{held:,}", f"{whole:,}")
         logger.info(
             "%d optimizer steps (%d per epoch, batch %d x %d accumulation x %d processes)",
             self.max_steps, self.steps_per_epoch, self.config.optim.batch_size,
@@ -379,12 +401,29 @@ class Trainer:
 
     def compute_losses(self, batch: TrainingBatch, epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
         if not len(batch):
-            return self.model(None, None)
+            return self.without_samples()
         # Keyed by the batch's place in the epoch's global order (process i takes batches i, i+P, ...),
         # so a run resumed at another process count draws the same noise for the same samples.
         global_batch_index = batch_index * self.accelerator.num_processes + self.accelerator.process_index
         generator = step_generator(self.config.engine.seed, "train", epoch, global_batch_index)
-        return self.model(batch.forced, self._targets(batch, generator))
+        inputs = (batch.forced, self._targets(batch, generator))
+        if self.parameters_sharded:
+            self.replayable = inputs
+        return self.model(*inputs)
+
+    def without_samples(self) -> dict[str, torch.Tensor]:
+        """A batch whose samples were all skipped: a zero loss. Where parameters are sharded,
+        the other processes' forward waits for this one's, so it runs the last batch again
+        with weight 0."""
+        if not self.parameters_sharded:
+            return self.model(None, None)
+        if self.replayable is None:
+            raise DataFault(
+                f"Every sample of this process's first batch was skipped (see the warnings above); with sharded "
+                "parameters (ZeRO-3, FSDP) every process needs samples in its first batch. Remove the bad samples "
+                "from the start of the data, or raise optim.batch_size."
+            )
+        return {"total": self.model(*self.replayable)["total"] * 0.0}
 
     def _targets(self, batch: TrainingBatch, generator: torch.Generator) -> DiffusionTargets:
         num_train_timesteps = self.sdxl.noise_scheduler.config.num_train_timesteps
@@ -481,9 +520,10 @@ class Trainer:
     def trained_tensors(self) -> tuple[dict[str, torch.Tensor], VLMDeltas | None]:
         """The adapter state and the VLM deltas, whole; every process calls this, since
         gathering sharded parameters is a collective."""
-        adapter_state = gathered_state_dict(self.adapter)
         vlm_groups = {group: parameters for group, parameters in self.groups.items() if group in VLM_GROUPS}
-        deltas = export_vlm_deltas(self.vlm.model, vlm_groups, getattr(self.config, "lora", None)) if vlm_groups else None
+        with whole_parameters([*self.adapter.parameters(), *self.trainable]):
+            adapter_state = gathered_state_dict(self.adapter)
+            deltas = export_vlm_deltas(self.vlm.model, vlm_groups, getattr(self.config, "lora", None)) if vlm_groups else None
         return adapter_state, deltas
 
     def write_adapter(self, path: Path, trained: tuple[dict[str, torch.Tensor], VLMDeltas | None]) -> Path:

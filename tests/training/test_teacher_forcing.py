@@ -108,6 +108,31 @@ def test_gradients_reach_special_tokens_and_trainable_vlm_parts(vlm, encoded):
         projector.zero_grad(set_to_none=True)
 
 
+def test_blank_picture_runs_the_image_path_and_changes_nothing(vlm, special, encoded):
+    """Sharded parameters (ZeRO-3, FSDP): a batch without pictures encodes the blank one, so the
+    projector's forward and backward run as for a batch with pictures, and every output the
+    losses read is exactly what it is without."""
+    batch = _batch(vlm, _examples(encoded[:1]))  # text to image: no picture
+    assert "pixel_values" not in batch.processor_inputs
+    projector = vlm.model.model.multi_modal_projector
+    projector.requires_grad_(True)
+    try:
+        plain = teacher_force(vlm, batch, special, LAYERS, with_text_logits=True)
+        assert plain.features.image_features is None
+        with_blank = teacher_force(vlm, batch, special, LAYERS, with_text_logits=True,
+                                   blank_picture=vlm.blank_picture_inputs())
+        for name in ("caption_hidden_states", "answer_embedding", "caption_embedding"):
+            torch.testing.assert_close(getattr(with_blank.features, name), getattr(plain.features, name), atol=0, rtol=0)
+        torch.testing.assert_close(with_blank.logits, plain.logits, atol=0, rtol=0)
+        features = with_blank.features
+        assert features.image_features.shape[:2] == features.image_mask.shape and not features.image_mask.any()
+        text_loss(with_blank.logits, with_blank.labels).backward()  # reaches the projector through the embeddings
+        assert all(parameter.grad is not None and not parameter.grad.any() for parameter in projector.parameters())
+    finally:
+        projector.requires_grad_(False)
+        projector.zero_grad(set_to_none=True)
+
+
 def test_tokenizing_known_answers_and_captions(vlm):
     ids = continuation_token_ids(vlm.tokenizer, "  A red fox sits in the snow. ")
     assert vlm.tokenizer.decode(ids) == " A red fox sits in the snow."
