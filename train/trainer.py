@@ -561,8 +561,9 @@ def refuse_duplicate_runs(num_processes: int) -> None:
     if launched != num_processes:
         raise LaunchFault(
             f"The launcher started {launched} processes (WORLD_SIZE={launched}), but accelerate sees {num_processes}, "
-            "so each would train alone and overwrite the same output folder. On a machine without GPUs, run "
-            "`accelerate launch --cpu ...` or set ACCELERATE_USE_CPU=true (torchrun); on GPUs, check that "
+            "so each would train alone and overwrite the same output folder. On a machine without GPUs, launch "
+            "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m train.stage1 ...` (`accelerate launch --cpu` "
+            "starts one process whatever --num_processes says); on GPUs, check that "
             "torch.cuda.device_count() sees them and that the accelerate config does not say use_cpu: true."
         )
 
