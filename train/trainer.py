@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from m2chat_core.adapter import trainable_parameter_groups
 from m2chat_core.adapter_file import VLMDeltas, load_adapter_file, save_adapter_file
 from m2chat_core.m3ft_settings import VLM_GROUPS
+from m2chat_core.teacher_forcing import TeacherForcingBatch
 from m2chat_core.vlm import decoder_layer_count, load_vlm
 
 from .adapter_init import adapter_from_file, check_chosen_layers, mean_caption_targets, new_adapter, start_at_mean_target
@@ -103,7 +104,7 @@ class Trainer:
         self.global_step = 0
         self.saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
         self.skipped: Counter = Counter()
-        self.replayable: tuple[object, DiffusionTargets] | None = None  # the last batch, where parameters are sharded
+        self.replayable: tuple[TeacherForcingBatch, DiffusionTargets] | None = None  # the last batch, where parameters are sharded
         self.validation: dict[int, dict[str, float]] = {}
 
     def fit(self) -> FitResult:
@@ -419,9 +420,9 @@ class Trainer:
             return self.model(None, None)
         if self.replayable is None:
             raise DataFault(
-                f"Every sample of this process's first batch was skipped (see the warnings above); with sharded "
-                "parameters (ZeRO-3, FSDP) every process needs samples in its first batch. Remove the bad samples "
-                "from the start of the data, or raise optim.batch_size."
+                "Every sample of this process's first batch in this run was skipped (see the warnings above); with "
+                "sharded parameters (ZeRO-3, FSDP) every process needs samples in its first batch. Remove the bad "
+                "samples from the data, or raise optim.batch_size."
             )
         return {"total": self.model(*self.replayable)["total"] * 0.0}
 
