@@ -108,12 +108,23 @@ def test_gradients_reach_special_tokens_and_trainable_vlm_parts(vlm, encoded):
         projector.zero_grad(set_to_none=True)
 
 
-def test_blank_picture_runs_the_image_path_and_changes_nothing(vlm, special, encoded):
-    """Sharded parameters (ZeRO-3, FSDP): a batch without pictures encodes the blank one, so the
-    projector's forward and backward run as for a batch with pictures, and every output the
-    losses read is exactly what it is without."""
-    batch = _batch(vlm, _examples(encoded[:1]))  # text to image: no picture
-    assert "pixel_values" not in batch.processor_inputs
+@pytest.fixture(scope="module")
+def history_picture_only(vlm, special, encoded):
+    """A turn without a picture after one with a picture."""
+    options = dict(readout=AdapterReadout(special, tuple(LAYERS), K))
+    return encode(vlm, encoded[1].session, "Now make it green", None,
+                  options=TurnOptions("image_editing", max_new_tokens=6), **options)
+
+
+@pytest.mark.parametrize("pictures", ["none", "in the history only"])
+def test_blank_picture_runs_the_image_path_and_changes_nothing(vlm, special, encoded, history_picture_only, pictures):
+    """Sharded parameters (ZeRO-3, FSDP): a batch without pictures encodes the blank one, and one
+    without new pictures gives the adapter masked-out f_img, so the projector's forward and
+    backward and the adapter's image branch run as for a batch with new pictures, and every
+    output the losses read is exactly what it is without."""
+    result = encoded[0] if pictures == "none" else history_picture_only
+    batch = _batch(vlm, _examples([result]))
+    assert ("pixel_values" in batch.processor_inputs) == (pictures != "none")
     projector = vlm.model.model.multi_modal_projector
     projector.requires_grad_(True)
     try:
@@ -127,7 +138,9 @@ def test_blank_picture_runs_the_image_path_and_changes_nothing(vlm, special, enc
         features = with_blank.features
         assert features.image_features.shape[:2] == features.image_mask.shape and not features.image_mask.any()
         text_loss(with_blank.logits, with_blank.labels).backward()  # reaches the projector through the embeddings
-        assert all(parameter.grad is not None and not parameter.grad.any() for parameter in projector.parameters())
+        for parameter in projector.parameters():
+            assert parameter.grad is not None
+            assert parameter.grad.any() == (pictures != "none")  # the blank picture enters with weight 0
     finally:
         projector.requires_grad_(False)
         projector.zero_grad(set_to_none=True)
