@@ -109,16 +109,6 @@ def register_parameters_read_outside_modules(model: torch.nn.Module, parameters:
         register_external_parameter(model, parameter)
 
 
-def whole_parameters(parameters: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
-    """Inside: ZeRO-3-partitioned `parameters` whole on every process (a collective); other
-    parameters as they are."""
-    if not any(hasattr(parameter, "ds_id") for parameter in parameters):
-        return contextlib.nullcontext()
-    from deepspeed.runtime.zero import GatheredParameters
-
-    return GatheredParameters(parameters)
-
-
 def parameter_count(parameter: torch.nn.Parameter) -> int:
     """Elements of the whole parameter, also when ZeRO-3 holds only a partition here."""
     return int(getattr(parameter, "ds_numel", parameter.numel()))

@@ -59,11 +59,10 @@ from .deepspeed_steps import (
     process_group_settings,
     refuse_unsupported_deepspeed,
     register_parameters_read_outside_modules,
-    whole_parameters,
     zero_stage,
 )
 from .faults import DataFault, LaunchFault, output_fault
-from .sharding import gathered_state_dict
+from .sharding import gathered_state_dict, whole_parameters
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
 from .sdxl import FrozenEncoders, load_sdxl
