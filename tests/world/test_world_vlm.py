@@ -26,8 +26,8 @@ from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, tra
 from train.world.vlm_measure import generate, measure_vlm, measurement_turns
 from train.world.vlm_model import build_world_vlm, marker_rows
 from train.world.layout import SHIPPED, VLM_NAME
-from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, train_vlm
-from train.world.vocabulary import HELD_OUT_PAIRS
+from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, VlmTask, train_vlm, weighted_text_loss, word_tokens
+from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, SHAPES
 
 TINY_VLM = dict(width=32, layers=1, vision_width=32, vision_layers=1, image_size=48, batch_size=2, steps=4,
                 warmup_steps=1, checkpoint_every=2, evaluate_every=2, eval_images=1, vision_steps=1,
@@ -51,6 +51,9 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     (["--image-size", "100"], "image_size"),
     (["--vision-steps", "5000"], "vision_steps"),  # not fewer than the 4000 steps
     (["--learning-rate", "fast"], "learning_rate"),
+    (["--word-dropout", "1"], "word_dropout"),
+    (["--attribute-weight", "0"], "attribute_weight"),
+    (["--projector-vision-weight", "-1"], "projector_vision_weight"),
 ])
 def test_a_bad_vlm_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
     out = tmp_path / "run"
@@ -131,6 +134,51 @@ def test_the_vision_phase_teaches_the_tower_to_read_cells_and_then_freezes_it(tm
     assert tower and all(torch.equal(trained[name], pretrained[name]) for name in tower)
     language = "model.vlm.model.language_model.embed_tokens.weight"
     assert not torch.equal(trained[language], pretrained[language])
+
+
+def test_the_weighted_text_loss_is_l_text_plus_the_extra_weight_of_the_chosen_words():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 6, 10), torch.tensor([[-100, 3, 5, 3, -100, -100], [-100, -100, 7, 3, 1, -100]])
+    from m2chat_core.losses import text_loss
+    torch.testing.assert_close(weighted_text_loss(logits, labels, torch.ones(8)), text_loss(logits, labels))
+    weights = torch.ones(8)
+    weights[3] = 4.0
+    targets, predicted = labels[:, 1:], logits[:, :-1]
+    word = targets == 3
+    extra = 3.0 * torch.nn.functional.cross_entropy(predicted[word], targets[word], reduction="sum") / 6
+    torch.testing.assert_close(weighted_text_loss(logits, labels, weights), text_loss(logits, labels) + extra)
+
+
+def test_the_projector_heads_train_the_image_tokens_in_the_language_phase_only(tmp_path):
+    config = _tiny_vlm(tmp_path, steps=3, vision_steps=1, projector_vision_weight=1.0, checkpoint_every=1)
+    train_vlm(config, stop_after=1)
+    after_vision = _checkpoint_weights(tmp_path)
+    curve = train_vlm(config)
+    trained = _checkpoint_weights(tmp_path)
+    heads = [name for name in trained if name.startswith("model.projector_heads.")]
+    initial = VlmTask(config).projector_heads.state_dict()
+    assert heads and all(torch.equal(after_vision[name], initial[name.removeprefix("model.projector_heads.")])
+                         for name in heads)
+    assert all(not torch.equal(trained[name], after_vision[name]) for name in heads)
+    assert curve[-1]["projector_vision_loss"] > 0
+    tower = [name for name in trained if ".vision_tower." in name]
+    assert all(torch.equal(trained[name], after_vision[name]) for name in tower)
+
+
+def test_word_dropout_hides_written_colour_and_shape_words_only_and_is_seeded():
+    task = VlmTask(_tiny_vlm(Path("unused"), word_dropout=0.5))
+    samples = [training_turn(0, 0, index) for index in range(4)]
+    batch = task._batch(samples)
+    dropped = task._drop_pair_words(batch, torch.Generator().manual_seed(1))
+    changed = dropped.input_ids != batch.input_ids
+    pair_words = torch.isin(batch.input_ids, word_tokens(task.vlm, (*COLOURS, *SHAPES)))
+    written = batch.answer_mask | batch.caption_mask
+    assert changed.any() and not (changed & ~(written & pair_words)).any()
+    assert (dropped.input_ids[changed] == task.vlm.tokenizer.pad_token_id).all()
+    assert 0.2 < changed.sum() / (written & pair_words).sum() < 0.8
+    assert torch.equal(dropped.labels, batch.labels)
+    again = task._drop_pair_words(batch, torch.Generator().manual_seed(1))
+    assert torch.equal(again.input_ids, dropped.input_ids)
 
 
 def test_the_language_phase_gets_its_own_warmup_and_cosine():

@@ -8,6 +8,9 @@ that are thrown away afterwards: each cell's patch gives the judge's per-cell re
 with the judge's own labels, loss and scoring (judge.py). Without this phase, the
 language-model loss alone taught the tower the background only: the world VLM described
 every picture as the same object.
+
+With `projector_vision_weight` > 0 the language phase trains a second set of heads on the
+projector's output (the image tokens the language model reads), the tower frozen.
 """
 
 from __future__ import annotations
@@ -55,8 +58,13 @@ def test_scenes(seed: int, count: int) -> list[Scene]:
     return [random_scene(rng, "test") for _ in range(count)]
 
 
-def vision_loss(vlm: LoadedVLM, heads: VisionHeads, scenes: list[Scene]) -> torch.Tensor:
-    return scene_loss(*heads(patch_features(vlm, scenes)), scene_labels(scenes))
+def projected_features(vlm: LoadedVLM, scenes: list[Scene]) -> torch.Tensor:
+    """(N, 9, hidden) the projector's output: the image tokens the language model reads."""
+    return vlm.model.model.multi_modal_projector(patch_features(vlm, scenes))
+
+
+def vision_loss(heads: VisionHeads, features: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    return scene_loss(*heads(features), scene_labels(scenes))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ folder, RUN_FOLDER/m2chat-world-vlm/."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import logging
@@ -18,16 +19,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from m2chat_core.losses import IGNORE_INDEX, text_loss
-from m2chat_core.teacher_forcing import TeacherForcedOutput, forced_turn, prepare_batch, teacher_force
+from m2chat_core.losses import IGNORE_INDEX
+from m2chat_core.teacher_forcing import (TeacherForcedOutput, TeacherForcingBatch, forced_turn, prepare_batch,
+                                         teacher_force)
 from m2chat_core.vlm import LoadedVLM, load_vlm
 
 from .config import VlmConfig
 from .layout import VLM_NAME
 from .files import atomic_path
 from .loop import train
-from .vision_pretraining import VisionHeads, test_scenes, training_scenes, vision_accuracy, vision_loss
+from .vision_pretraining import (VisionHeads, patch_features, projected_features, test_scenes, training_scenes,
+                                 vision_accuracy, vision_loss)
 from .vlm_data import WorldTurn, training_turn
+from .vocabulary import COLOURS, SHAPES, SIZES
 from .vlm_measure import measure_vlm, measurement_turns
 from .vlm_model import MAX_CONTEXT, build_world_vlm, marker_rows
 
@@ -45,44 +49,87 @@ def _text_length(sample: WorldTurn) -> int:
     return sum(len(t.user_text) + len(t.answer) + len(t.caption) + 40 * len(t.images) for t in turns)
 
 
+def word_tokens(vlm: LoadedVLM, words: tuple[str, ...]) -> torch.Tensor:
+    """The token ids of the world's words as they follow a space (one token each, vlm_model.py)."""
+    return torch.tensor([token for word in words
+                         for token in vlm.tokenizer(" " + word, add_special_tokens=False).input_ids])
+
+
+def weighted_text_loss(logits: torch.Tensor, labels: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """L_text (m2chat_core.losses.text_loss) with each target token's cross-entropy times
+    token_weights[its id] (ids beyond it weigh 1), still divided by the number of counted tokens."""
+    targets = labels[:, 1:]
+    counted = targets != IGNORE_INDEX
+    safe = targets.masked_fill(~counted, 0)
+    losses = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), safe.flatten(), reduction="none")
+    token_weights = nn.functional.pad(token_weights, (0, logits.shape[-1] - len(token_weights)), value=1.0)
+    weights = token_weights.to(losses.device)[safe.flatten()] * counted.flatten()
+    return (losses * weights).sum() / counted.sum().clamp(min=1)
+
+
 class VlmTask:
     def __init__(self, config: VlmConfig) -> None:
         self.config = config
         self.vlm = build_world_vlm(config)
         torch.manual_seed(config.seed)
         self.vision_heads = VisionHeads(config.vision_width)  # used in the vision phase only, not saved
-        self.model = nn.ModuleDict({"vlm": self.vlm.model, "vision_heads": self.vision_heads})
+        heads = {"vision_heads": self.vision_heads}
+        if config.projector_vision_weight:  # the language phase's read-out of the image tokens, not saved
+            self.projector_heads = heads["projector_heads"] = VisionHeads(config.width)
+        self.model = nn.ModuleDict({"vlm": self.vlm.model, **heads})
         self.measurement = measurement_turns(config.seed, config.eval_images)
         self.vision_measurement = test_scenes(config.seed, config.eval_images)
+        self.token_weights = torch.ones(self.vlm.input_embeddings.weight.shape[0])
+        self.token_weights[word_tokens(self.vlm, (*SHAPES, *SIZES))] = config.attribute_weight
+        self.pair_words = word_tokens(self.vlm, (*COLOURS, *SHAPES))
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if step < self.config.vision_steps:
             scenes = training_scenes(self.config.seed, step, self.config.vision_batch_size)
-            return vision_loss(self.vlm, self.vision_heads, scenes), {}
+            return vision_loss(self.vision_heads, patch_features(self.vlm, scenes), scenes), {}
         self.vlm.model.model.vision_tower.requires_grad_(False)  # frozen, as LLaVA-1.5 keeps CLIP
-        return self._text_loss(step)
+        text = self._text_loss(step)
+        if not self.config.projector_vision_weight:
+            return text, {}
+        scenes = training_scenes(self.config.seed, step, self.config.batch_size)
+        vision = vision_loss(self.projector_heads, projected_features(self.vlm, scenes), scenes)
+        return text + self.config.projector_vision_weight * vision, {"text_loss": float(text),
+                                                                     "projector_vision_loss": float(vision)}
 
-    def _text_loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _text_loss(self, step: int) -> torch.Tensor:
         """L_text over the batch, fed as LENGTH_GROUPS forwards of turns of similar length
-        (less padding; the same loss: every counted token weighs the same)."""
+        (less padding; the same loss as one forward)."""
         samples = sorted((training_turn(self.config.seed, step, index) for index in range(self.config.batch_size)),
                          key=_text_length)
         group_size = math.ceil(len(samples) / LENGTH_GROUPS)
         total, counted = 0.0, 0
         for start in range(0, len(samples), group_size):
-            output = self._forward(samples[start:start + group_size])
+            output = self._forward(samples[start:start + group_size], step * self.config.batch_size + start)
             tokens = int((output.labels[:, 1:] != IGNORE_INDEX).sum())
-            total = total + text_loss(output.logits, output.labels) * tokens
+            total = total + weighted_text_loss(output.logits, output.labels, self.token_weights) * tokens
             counted += tokens
-        return total / counted, {}
+        return total / counted
 
-    def _forward(self, samples: list[WorldTurn]) -> TeacherForcedOutput:
+    def _forward(self, samples: list[WorldTurn], draw: int) -> TeacherForcedOutput:
+        batch = self._batch(samples)
+        if self.config.word_dropout:
+            batch = self._drop_pair_words(batch, torch.Generator().manual_seed(self.config.seed * 1_000_003 + draw))
+        return teacher_force(self.vlm, batch, marker_rows(self.vlm), (-1,), with_text_logits=True)
+
+    def _batch(self, samples: list[WorldTurn]) -> TeacherForcingBatch:
         tokenizer = self.vlm.tokenizer
         examples = [forced_turn(tokenizer, sample.turn, sample.history, max_answer_tokens=MAX_TEXT_TOKENS,
                                 max_caption_tokens=MAX_TEXT_TOKENS) for sample in samples]
-        batch = prepare_batch(self.vlm.processor, examples, num_image_tokens=1, max_length=MAX_CONTEXT,
-                              pad_token_id=tokenizer.pad_token_id)
-        return teacher_force(self.vlm, batch, marker_rows(self.vlm), (-1,), with_text_logits=True)
+        return prepare_batch(self.vlm.processor, examples, num_image_tokens=1, max_length=MAX_CONTEXT,
+                             pad_token_id=tokenizer.pad_token_id)
+
+    def _drop_pair_words(self, batch: TeacherForcingBatch, generator: torch.Generator) -> TeacherForcingBatch:
+        """The colour and shape words of the answers and captions, each hidden from the input
+        (the pad token in its place) with probability word_dropout; the labels keep them."""
+        written = batch.answer_mask | batch.caption_mask
+        dropped = written & torch.isin(batch.input_ids, self.pair_words) & (
+            torch.rand(batch.input_ids.shape, generator=generator) < self.config.word_dropout)
+        return dataclasses.replace(batch, input_ids=batch.input_ids.masked_fill(dropped, self.vlm.tokenizer.pad_token_id))
 
     def evaluate(self) -> dict[str, float]:
         """What the tower reads from held-out pictures' cells, and the VLM's captions."""
