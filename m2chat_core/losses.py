@@ -54,13 +54,19 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def text_loss(
-    logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_text: next-token cross-entropy on the answer and caption tokens only.
 
     logits (B, S, V) and labels (B, S) are aligned with the input ids as in Hugging Face
     (the one-token shift happens here). A token counts where its label is not -100 and,
-    when given, loss_mask (B, S) is True. Returns 0 (still in the graph) when no token counts.
+    when given, loss_mask (B, S) is True. token_weights (W,), when given, multiplies each
+    counted token's cross-entropy by the weight of its target id (ids >= W weigh 1); the sum
+    is still divided by the number of counted tokens. Returns 0 (still in the graph) when
+    no token counts.
     """
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -78,7 +84,12 @@ def text_loss(
     predicted = counted[:, 1:]
     if not bool(predicted.any()):
         return logits.sum().float() * 0.0
-    return F.cross_entropy(logits[:, :-1][predicted].float(), labels[:, 1:][predicted])
+    targets = labels[:, 1:][predicted]
+    if token_weights is None:
+        return F.cross_entropy(logits[:, :-1][predicted].float(), targets)
+    losses = F.cross_entropy(logits[:, :-1][predicted].float(), targets, reduction="none")
+    weights = F.pad(token_weights, (0, logits.shape[-1] - len(token_weights)), value=1.0).to(losses.device)
+    return (losses * weights[targets]).mean()
 
 
 def stage1_loss(ddpm: torch.Tensor, align: torch.Tensor, phi: float = 1.0, ddpm_weight: float = 1.0) -> LossBreakdown:

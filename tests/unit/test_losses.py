@@ -56,6 +56,17 @@ def test_text_loss_mask_restricts_to_answer_and_caption_tokens():
     assert text_loss(logits, labels, mask).item() == pytest.approx(expected, abs=1e-5)
 
 
+def test_text_loss_token_weights_scale_each_target_ids_term():
+    torch.manual_seed(2)
+    logits = torch.randn(1, 4, 6)  # token_weights shorter than the vocabulary: ids 4 and 5 weigh 1
+    labels = torch.tensor([[-100, 3, 5, 3]])
+    terms = [_cross_entropy(logits[0, 0], 3), _cross_entropy(logits[0, 1], 5), _cross_entropy(logits[0, 2], 3)]
+    weights = torch.tensor([1.0, 1.0, 1.0, 4.0])
+    expected = (4 * terms[0] + terms[1] + 4 * terms[2]) / 3
+    assert text_loss(logits, labels, token_weights=weights).item() == pytest.approx(expected, abs=1e-5)
+    assert text_loss(logits, labels, token_weights=torch.ones(4)).item() == pytest.approx(sum(terms) / 3, abs=1e-5)
+
+
 def test_text_loss_without_counted_tokens_is_zero_and_differentiable():
     logits = torch.randn(1, 3, 4, requires_grad=True)
     loss = text_loss(logits, torch.full((1, 3), -100))

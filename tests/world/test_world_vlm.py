@@ -26,7 +26,7 @@ from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, tra
 from train.world.vlm_measure import generate, measure_vlm, measurement_turns
 from train.world.vlm_model import build_world_vlm, marker_rows
 from train.world.layout import SHIPPED, VLM_NAME
-from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, VlmTask, train_vlm, weighted_text_loss, word_tokens
+from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, VlmTask, train_vlm, word_tokens
 from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, SHAPES
 
 TINY_VLM = dict(width=32, layers=1, vision_width=32, vision_layers=1, image_size=48, batch_size=2, steps=4,
@@ -134,19 +134,6 @@ def test_the_vision_phase_teaches_the_tower_to_read_cells_and_then_freezes_it(tm
     assert tower and all(torch.equal(trained[name], pretrained[name]) for name in tower)
     language = "model.vlm.model.language_model.embed_tokens.weight"
     assert not torch.equal(trained[language], pretrained[language])
-
-
-def test_the_weighted_text_loss_is_l_text_plus_the_extra_weight_of_the_chosen_words():
-    torch.manual_seed(0)
-    logits, labels = torch.randn(2, 6, 10), torch.tensor([[-100, 3, 5, 3, -100, -100], [-100, -100, 7, 3, 1, -100]])
-    from m2chat_core.losses import text_loss
-    torch.testing.assert_close(weighted_text_loss(logits, labels, torch.ones(8)), text_loss(logits, labels))
-    weights = torch.ones(8)
-    weights[3] = 4.0
-    targets, predicted = labels[:, 1:], logits[:, :-1]
-    word = targets == 3
-    extra = 3.0 * torch.nn.functional.cross_entropy(predicted[word], targets[word], reduction="sum") / 6
-    torch.testing.assert_close(weighted_text_loss(logits, labels, weights), text_loss(logits, labels) + extra)
 
 
 def test_the_projector_heads_train_the_image_tokens_in_the_language_phase_only(tmp_path):

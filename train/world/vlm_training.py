@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from m2chat_core.losses import IGNORE_INDEX
+from m2chat_core.losses import IGNORE_INDEX, text_loss
 from m2chat_core.teacher_forcing import (TeacherForcedOutput, TeacherForcingBatch, forced_turn, prepare_batch,
                                          teacher_force)
 from m2chat_core.vlm import LoadedVLM, load_vlm
@@ -53,18 +53,6 @@ def word_tokens(vlm: LoadedVLM, words: tuple[str, ...]) -> torch.Tensor:
     """The token ids of the world's words as they follow a space (one token each, vlm_model.py)."""
     return torch.tensor([token for word in words
                          for token in vlm.tokenizer(" " + word, add_special_tokens=False).input_ids])
-
-
-def weighted_text_loss(logits: torch.Tensor, labels: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
-    """L_text (m2chat_core.losses.text_loss) with each target token's cross-entropy times
-    token_weights[its id] (ids beyond it weigh 1), still divided by the number of counted tokens."""
-    targets = labels[:, 1:]
-    counted = targets != IGNORE_INDEX
-    safe = targets.masked_fill(~counted, 0)
-    losses = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), safe.flatten(), reduction="none")
-    token_weights = nn.functional.pad(token_weights, (0, logits.shape[-1] - len(token_weights)), value=1.0)
-    weights = token_weights.to(losses.device)[safe.flatten()] * counted.flatten()
-    return (losses * weights).sum() / counted.sum().clamp(min=1)
 
 
 class VlmTask:
@@ -106,7 +94,7 @@ class VlmTask:
         for start in range(0, len(samples), group_size):
             output = self._forward(samples[start:start + group_size], step * self.config.batch_size + start)
             tokens = int((output.labels[:, 1:] != IGNORE_INDEX).sum())
-            total = total + weighted_text_loss(output.logits, output.labels, self.token_weights) * tokens
+            total = total + text_loss(output.logits, output.labels, token_weights=self.token_weights) * tokens
             counted += tokens
         return total / counted
 
