@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -18,10 +19,11 @@ from train.world import vlm_data
 from train.world.__main__ import main
 from train.world.config import VlmConfig
 from train.world.language import caption
-from train.world.judge import scene_labels
+from train.world.judge import CELL_CLASSES, scene_labels
 from train.world.loop import CHECKPOINT_NAME, _warmup_cosine
 from train.world.render import render
 from train.world.scenes import Scene, WorldObject, is_held_out
+from train.world.vision_pretraining import VisionHeads, grey_draws, pictures, training_scenes, vision_loss
 from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, training_turn, world_turn
 from train.world.vlm_measure import generate, measure_vlm, measurement_turns
 from train.world.vlm_model import build_world_vlm, marker_rows
@@ -54,6 +56,8 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     (["--word-dropout", "1"], "word_dropout"),
     (["--attribute-weight", "0"], "attribute_weight"),
     (["--projector-vision-weight", "-1"], "projector_vision_weight"),
+    (["--vision-grey", "1.5"], "vision_grey"),
+    (["--cell-identity", "maybe"], "cell_identity"),
 ])
 def test_a_bad_vlm_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
     out = tmp_path / "run"
@@ -124,9 +128,11 @@ def test_each_cells_targets_belong_to_the_patch_that_shows_it():
 
 def test_the_vision_phase_teaches_the_tower_to_read_cells_and_then_freezes_it(tmp_path):
     config = _tiny_vlm(tmp_path, steps=VISION_STEPS + 2, vision_steps=VISION_STEPS, vision_batch_size=16,
-                       learning_rate=3e-3, evaluate_every=VISION_STEPS, checkpoint_every=VISION_STEPS, eval_images=16)
+                       learning_rate=3e-3, evaluate_every=VISION_STEPS, checkpoint_every=VISION_STEPS, eval_images=16,
+                       cell_identity=True)
     curve = train_vlm(config, stop_after=VISION_STEPS)
     assert curve[-1]["vision_colour"] >= 0.6 and curve[-1]["vision_position"] >= 0.6  # chance: 1/8, about 0
+    assert curve[-1]["vision_cell_identity"] >= 0.6  # chance: 1/9
     pretrained = _checkpoint_weights(tmp_path)
     train_vlm(config)
     trained = _checkpoint_weights(tmp_path)
@@ -150,6 +156,28 @@ def test_the_projector_heads_train_the_image_tokens_in_the_language_phase_only(t
     assert curve[-1]["projector_vision_loss"] > 0
     tower = [name for name in trained if ".vision_tower." in name]
     assert all(torch.equal(trained[name], after_vision[name]) for name in tower)
+
+
+def test_grey_pictures_are_seeded_keep_their_shapes_and_ask_no_colour():
+    scenes = training_scenes(0, 0, 32)
+    draws = grey_draws(0, 0, len(scenes), 0.5)
+    assert 0 < sum(w is not None for w in draws) < len(scenes)
+    assert all(w is None for w in grey_draws(0, 0, len(scenes), 0.0))
+    assert [None if w is None else w.tolist() for w in grey_draws(0, 0, len(scenes), 0.5)] == \
+        [None if w is None else w.tolist() for w in draws]
+    for scene, weights, image in zip(scenes, draws, pictures(scenes, draws)):
+        pixels, coloured = np.asarray(image, dtype=np.int16), np.asarray(render(scene), dtype=np.int16)
+        if weights is None:
+            assert np.array_equal(pixels, coloured)
+        else:  # one shade per pixel; the object still stands apart from the background where it did
+            assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])
+            assert np.abs(pixels[..., 0] - np.round(coloured @ weights)).max() <= 1
+    heads = VisionHeads(16, cell_identity=True)
+    features = torch.randn(len(scenes), 9, 16)
+    vision_loss(heads, features, scenes, [True] * len(scenes)).backward()
+    colour_rows = heads.cells.weight.grad[len(CELL_CLASSES):len(CELL_CLASSES) + len(COLOURS)]
+    assert torch.count_nonzero(colour_rows) == 0 and torch.count_nonzero(heads.cells.weight.grad) > 0
+    assert torch.count_nonzero(heads.cell_identity.weight.grad) > 0
 
 
 def test_word_dropout_hides_written_colour_and_shape_words_only_and_is_seeded():

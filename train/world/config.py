@@ -252,6 +252,8 @@ class VlmConfig(TrainingConfig):
     vision_steps: int = 300  # the first steps pretrain the vision tower alone (vision_pretraining.py)
     vision_batch_size: int = 64
     image_size: int = 96  # the vision tower's input: one patch per grid cell (see vlm_model.py)
+    vision_grey: float = 0.0  # share of the vision phase's pictures shown in grey (vision_pretraining.py)
+    cell_identity: bool = False  # each image token also learns its own grid cell (vision_pretraining.py)
     # Language-phase levers (README, "The VLM"); the defaults are the shipped VLM's recipe.
     projector_vision_weight: float = 0.0  # > 0: linear heads on the projector's output learn the tower's read-out too
     attribute_weight: float = 1.0  # L_text weight of the shape and size words
@@ -268,6 +270,7 @@ class VlmConfig(TrainingConfig):
                f"must be 0 or more and fewer than steps ({self.steps}), got {self.vision_steps}.")
         _check(self.projector_vision_weight >= 0, "projector_vision_weight",
                f"must be 0 or more, got {self.projector_vision_weight}.")
+        _check(0 <= self.vision_grey <= 1, "vision_grey", f"must be in [0, 1], got {self.vision_grey}.")
         _check(self.attribute_weight > 0, "attribute_weight", f"must be more than 0, got {self.attribute_weight}.")
         _check(0 <= self.word_dropout < 1, "word_dropout", f"must be in [0, 1), got {self.word_dropout}.")
         _check(self.image_size >= 48 and self.image_size % GRID == 0, "image_size",

@@ -28,8 +28,8 @@ from .config import VlmConfig
 from .layout import VLM_NAME
 from .files import atomic_path
 from .loop import train
-from .vision_pretraining import (VisionHeads, patch_features, projected_features, test_scenes, training_scenes,
-                                 vision_accuracy, vision_loss)
+from .vision_pretraining import (VisionHeads, grey_draws, patch_features, pictures, projected_features, test_scenes,
+                                 training_scenes, vision_accuracy, vision_loss)
 from .vlm_data import WorldTurn, training_turn
 from .vocabulary import COLOURS, SHAPES, SIZES
 from .vlm_measure import measure_vlm, measurement_turns
@@ -60,10 +60,10 @@ class VlmTask:
         self.config = config
         self.vlm = build_world_vlm(config)
         torch.manual_seed(config.seed)
-        self.vision_heads = VisionHeads(config.vision_width)  # used in the vision phase only, not saved
+        self.vision_heads = VisionHeads(config.vision_width, config.cell_identity)  # the vision phase's, not saved
         heads = {"vision_heads": self.vision_heads}
         if config.projector_vision_weight:  # the language phase's read-out of the image tokens, not saved
-            self.projector_heads = heads["projector_heads"] = VisionHeads(config.width)
+            self.projector_heads = heads["projector_heads"] = VisionHeads(config.width, config.cell_identity)
         self.model = nn.ModuleDict({"vlm": self.vlm.model, **heads})
         self.measurement = measurement_turns(config.seed, config.eval_images)
         self.vision_measurement = test_scenes(config.seed, config.eval_images)
@@ -74,7 +74,9 @@ class VlmTask:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if step < self.config.vision_steps:
             scenes = training_scenes(self.config.seed, step, self.config.vision_batch_size)
-            return vision_loss(self.vision_heads, patch_features(self.vlm, scenes), scenes), {}
+            grey = grey_draws(self.config.seed, step, len(scenes), self.config.vision_grey)
+            features = patch_features(self.vlm, pictures(scenes, grey))
+            return vision_loss(self.vision_heads, features, scenes, [w is not None for w in grey]), {}
         self.vlm.model.model.vision_tower.requires_grad_(False)  # frozen, as LLaVA-1.5 keeps CLIP
         text = self._text_loss(step)
         if not self.config.projector_vision_weight:
