@@ -17,7 +17,9 @@ premise, 4 panels; M2Chat rows only; columns in world_graphs.measure_stories).
 Columns: the judge's per-attribute accuracy;
 colour_and_shape: both right on the same object; all: every attribute of the scene right;
 caption_bleu1, caption_rouge_l: the VLM's caption (last turn) against the scene's reference
-caption, in M2ChatEncode rows. `python -m train.world report` runs this on its own models.
+caption, in M2ChatEncode rows; inter_rel: dialogues' InterRel (Eq. 8) as a mean cosine,
+with the world's CLIP (clip/ in --weights; no column without one), in M2ChatEncode rows.
+`python -m train.world report` runs this on its own models.
 Exits 1 when a text-to-image target (TARGETS and RELATIVE_TARGETS in
 scripts/world_graphs.py) is missed.
 
@@ -38,6 +40,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
@@ -54,6 +58,7 @@ from world_graphs import (  # noqa: E402
     missed_targets,
 )
 
+from train.evaluate.clip_model import load_local_clip  # noqa: E402
 from train.world.files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
 from train.world.report import ABLATIONS, MISSED_TARGETS_EXIT  # noqa: E402
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {row: Path(file) for row, file in (item.split("=", 1) for item in options.adapter)}
     world = WeightsLayout(options.weights)
     judge = load_judge(world.judge)
+    clip = load_local_clip(world.clip, torch.device("cpu")) if world.clip.is_dir() else None
     conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
     keys = cache.keys(options.prompts, world.root, options.world_adapter, extra, conditionings)
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                     found = cache.get(task, row, keys[row])
                     if found is None:
                         server = server or _start_server(Path(base), world, options.world_adapter, extra)
-                        found = cache.put(task, row, keys[row], measure(server, judge, conditioning, cases))
+                        found = cache.put(task, row, keys[row], measure(server, judge, conditioning, cases, clip))
                     figures[task][row] = found
                 print(f"{task}, {options.prompts} held-out cases:\n{table(figures[task])}\n", flush=True)
         finally:

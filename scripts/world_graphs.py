@@ -14,6 +14,7 @@ Every graph is native ComfyUI: UNETLoader (the world's UNet) -> KSampler -> VAED
 Four tasks: text-to-image requests (held_out_prompts), image editing, a picture and an
 instruction (held_out_edits), three-turn dialogues (held_out_dialogues), and 4-panel stories
 of a premise (held_out_stories; M2ChatStory, one KSampler over the batch of panels).
+Dialogues in M2ChatEncode rows also get InterRel (Eq. 8) with the world's CLIP.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from PIL import Image
 from tiny_graphs import GENERATION, copy_prompt, model_loaders, native_sdxl_graph, size_inputs, swap_checkpoints
 
 from m2chat_core.m3ft_settings import FILE_GATE_MODE
-from train.evaluate.metrics import text_scores
+from train.evaluate.clip_model import LocalCLIP, image_tensor
+from train.evaluate.metrics import inter_rel, text_scores
 from train.world.dataset import DIALOGUE_TURNS, STORY_PANELS
 from train.world.judge import Judge, accuracy, compare, read_scenes, to_tensor
 from train.world.language import caption, edit_instruction, parse_caption, request, story_premise
@@ -44,11 +46,13 @@ STEPS, GUIDANCE = 20, 5.0  # KSampler: euler, normal schedule
 @dataclass(frozen=True)
 class Case:
     """One held-out sample: what the user types, turn by turn; the picture they show
-    (editing: `source`, else None); the scene the last turn's picture should show."""
+    (editing: `source`, else None); the scene the last turn's picture should show, and
+    the scenes the earlier turns' pictures should show (dialogues)."""
 
     turns: tuple[str, ...]
     truth: Scene
     source: Scene | None = None
+    earlier: tuple[Scene, ...] = ()
 
     @property
     def task(self) -> str:
@@ -118,8 +122,8 @@ def _m2chat_sampled(row: EncodeRow, seed: int, prefix: str) -> tuple[dict, dict]
 def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | None) -> dict:
     """M2ChatEncode of each turn of the case (the first with `source_image`, a file in
     ComfyUI's input folder, when editing; each later one with the session and the picture
-    the turn before drew, as workflows/multimodal_dialogue.json) -> native sampling; the
-    last turn's picture is saved."""
+    the turn before drew, as workflows/multimodal_dialogue.json) -> native sampling; every
+    turn's picture is saved (the last by "save", turn t's before it by "save<t>")."""
     graph, row_inputs = _m2chat_sampled(row, seed, "world-m2chat" if row.adapter else "world-fallback")
     image, session = None, None
     if source_image:
@@ -136,13 +140,16 @@ def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | 
                                        "inputs": {**sampler, "positive": [encode, 0], "negative": [encode, 1]}}
             graph[f"decode{turn}"] = {"class_type": "VAEDecode",
                                       "inputs": {"samples": [f"sampler{turn}", 0], "vae": ["vae", 0]}}
+            prefix = f"{graph['save']['inputs']['filename_prefix']}-{turn}"
+            graph[f"save{turn}"] = {"class_type": "SaveImage",
+                                    "inputs": {"images": [f"decode{turn}", 0], "filename_prefix": prefix}}
             image, session = [f"decode{turn}", 0], [encode, 4]
     return graph
 
 
-def run_graphs(server, graphs: list[dict]) -> list[tuple[list[Path], dict]]:
+def run_graphs(server, graphs: list[dict]) -> list[dict]:
     """Queue every graph at once (the server runs them back to back, in order), then collect
-    each one's saved pictures (in batch order) and outputs. A failed graph empties the queue."""
+    each one's outputs (node id -> ui). A failed graph empties the queue."""
     prompt_ids = [server.queue(graph) for graph in graphs]
     results = []
     for prompt_id in prompt_ids:
@@ -150,9 +157,13 @@ def run_graphs(server, graphs: list[dict]) -> list[tuple[list[Path], dict]]:
         if entry["status"]["status_str"] != "success":
             server.post("/queue", {"clear": True})
             raise RuntimeError(f"A world graph failed: {entry['status']}\nServer log: {server.log_path}")
-        images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
-        results.append(([server.output_file(image) for image in images], entry["outputs"]))
+        results.append(entry["outputs"])
     return results
+
+
+def saved(server, outputs: dict, node: str = "save") -> list[Path]:
+    """The pictures a SaveImage node of a finished graph wrote, in batch order."""
+    return [server.output_file(image) for image in outputs[node]["images"]]
 
 
 def input_picture(base_directory: Path, scene: Scene, name: str) -> Path:
@@ -163,9 +174,10 @@ def input_picture(base_directory: Path, scene: Scene, name: str) -> Path:
     return inputs / name
 
 
-def _caption_shown(outputs: dict) -> str | None:
-    """The caption the last M2ChatEncode wrote (its ui text: [answer, caption]); None without one."""
-    shown = outputs.get("encode", {}).get("text")
+def _caption_shown(outputs: dict, node: str = "encode") -> str | None:
+    """The caption an M2ChatEncode node wrote (its ui text: [answer, caption]; "encode": the
+    last turn's); None without one."""
+    shown = outputs.get(node, {}).get("text")
     return shown[1] if shown else None
 
 
@@ -217,12 +229,13 @@ def held_out_dialogues(count: int, seed: int = 0) -> list[Case]:
     cases = []
     for _ in range(count):
         scene = edit_start(rng, "test", max_objects=1)
-        turns = [request(rng, scene)]
+        turns, scenes = [request(rng, scene)], [scene]
         for _ in range(DIALOGUE_TURNS - 1):
             edit = random_edit(rng, scene, "test")
             scene = apply_edit(scene, edit)
             turns.append(edit_instruction(rng, edit))
-        cases.append(Case(tuple(turns), scene))
+            scenes.append(scene)
+        cases.append(Case(tuple(turns), scene, earlier=tuple(scenes[:-1])))
     return cases
 
 
@@ -262,9 +275,9 @@ def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase]
                       recolours, resizes and moves its object, never reshapes it)."""
     followed, first, consistent = [], [], []
     stories = run_graphs(server, [story_graph(row, case, seed) for seed, case in enumerate(cases)])
-    for case, (pictures, outputs) in zip(cases, stories, strict=True):
+    for case, outputs in zip(cases, stories, strict=True):
         captions = outputs["captions"]["text"][0].split("\n")
-        seen = read_scenes(judge, to_tensor(_open(pictures)))
+        seen = read_scenes(judge, to_tensor(_open(saved(server, outputs))))
         for scene, text in zip(seen, captions, strict=True):
             described = parse_caption(text)
             followed.append(described is not None and all(value == 1.0 for value in compare(scene, described).values()))
@@ -288,11 +301,12 @@ def graph_for(conditioning: str | EncodeRow, case: Case, seed: int, source_image
     return encode_row_graph(encode_row(conditioning), case, seed, source_image)
 
 
-def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Case] | list[StoryCase]
-            ) -> dict[str, float]:
+def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Case] | list[StoryCase],
+            clip: LocalCLIP | None = None) -> dict[str, float]:
     """Draw every case (seed = its index) with one conditioning (a CONDITIONINGS name, or an
     EncodeRow); the judge's accuracy and, where the VLM wrote captions (M2ChatEncode rows),
-    their BLEU-1 and ROUGE-L against the reference caption of the scene, as fractions.
+    their BLEU-1 and ROUGE-L against the reference caption of the scene, as fractions, and
+    for dialogues, with `clip`, their InterRel (dialogue_inter_rel).
     Stories: measure_stories (M2Chat rows only)."""
     if cases and isinstance(cases[0], StoryCase):
         return measure_stories(server, judge, encode_row(conditioning), cases)
@@ -300,13 +314,33 @@ def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Cas
                if case.source is not None else None for seed, case in enumerate(cases)]  # the pictures to edit
     drawn = run_graphs(server, [graph_for(conditioning, case, seed, source)
                                 for seed, (case, source) in enumerate(zip(cases, sources, strict=True))])
-    pictures = [picture for (picture,), _ in drawn]
-    captions = [_caption_shown(outputs) for _, outputs in drawn]
+    pictures = [saved(server, outputs)[0] for outputs in drawn]
+    captions = [_caption_shown(outputs) for outputs in drawn]
     figures = judged(judge, pictures, [case.truth for case in cases])
     if all(written is not None for written in captions):
         texts = text_scores(captions, [caption(case.truth) for case in cases])
         figures.update(caption_bleu1=texts["bleu1"] / 100, caption_rouge_l=texts["rouge_l"] / 100)
+        if clip is not None and cases[0].earlier:
+            figures["inter_rel"] = dialogue_inter_rel(server, clip, cases, drawn)
     return figures
+
+
+def dialogue_inter_rel(server, clip: LocalCLIP, cases: list[Case], drawn: list[dict]) -> float:
+    """InterRel (Eq. 8, train/evaluate/metrics.inter_rel) of each drawn dialogue, averaged, as
+    a mean cosine (the metric's value / 100): each turn's reference caption and picture (the
+    scene the conversation implies then) against the caption the VLM wrote and the picture
+    drawn at that turn and at the next, through the CLIP's unit embeddings."""
+    values = []
+    for case, outputs in zip(cases, drawn, strict=True):
+        scenes = (*case.earlier, case.truth)
+        turns = [str(turn) for turn in range(len(case.earlier))] + [""]
+        written = [_caption_shown(outputs, f"encode{turn}") or "" for turn in turns]
+        pictures = _open([saved(server, outputs, f"save{turn}")[0] for turn in turns])
+        value = inter_rel(list(clip.embed_texts([caption(scene) for scene in scenes])),
+                          list(clip.embed_images([image_tensor(render(scene)) for scene in scenes])),
+                          list(clip.embed_texts(written)), list(clip.embed_images([image_tensor(p) for p in pictures])))
+        values.append(value / 100)
+    return float(np.mean(values))
 
 
 def missed_targets(figures: dict[str, dict[str, float]]) -> list[str]:

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.vlm import load_vlm
 from train.checkpoints import list_checkpoints, read_state
+from train.evaluate.clip_model import load_local_clip
 from train.trainer import DEFAULT_EXPORT_NAME
 from train.world.__main__ import main
 from train.world.comfyui import REPO
@@ -49,10 +50,12 @@ def test_short_build_gathers_every_model_in_the_shipped_layout(built):
         assert unet(latent, torch.tensor([500]), context=torch.zeros(1, 77, 2048), y=y).shape == latent.shape
     assert load_vlm(weights.vlm).info.hidden_size == 32  # the short schedule's VLM
     figures = json.loads((weights.root / TRAINING_FIGURES).read_text())
-    assert [figures[stage]["step"] for stage in ("judge", "vae", "unet", "vlm")] == [6, 4, 4, 2]
+    assert [figures[stage]["step"] for stage in ("judge", "vae", "unet", "vlm", "clip")] == [6, 4, 4, 2, 2]
     assert "heldout_colour_and_shape" in figures["unet"]  # the UNet's pictures were judged
+    assert "image_to_caption" in figures["clip"]
+    assert load_local_clip(weights.clip, torch.device("cpu")).embed_texts(["a red star"]).shape == (1, 32)
     log = (built / "build.log").read_text()
-    assert all(f"Stage {stage}: finished" in log for stage in ("judge", "vae", "unet", "vlm"))
+    assert all(f"Stage {stage}: finished" in log for stage in ("judge", "vae", "unet", "vlm", "clip"))
 
 
 def test_short_build_runs_m3ft_on_its_models_and_ships_a_half_precision_adapter(built):
@@ -71,7 +74,8 @@ def test_a_rerun_resumes_from_the_finished_runs(built):
     (built / "unet" / WeightsLayout(built).unet.name).unlink()  # as if killed before the UNet was saved
     assert main(["build", "--out", str(built), "--schedule", "short"]) == 0
     log = (built / "build.log").read_text()
-    assert all(f"Stage {stage}: already finished" in log for stage in ("judge", "vae", "vlm", "stage1", "export"))
+    assert all(f"Stage {stage}: already finished" in log
+               for stage in ("judge", "vae", "vlm", "clip", "stage1", "export"))
     assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
     assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
     assert (built / "unet" / POOL_FILE).is_file()  # the rerun read its training pool back
@@ -105,9 +109,13 @@ def test_report_trains_the_ablations_and_measures_every_row_through_the_server(r
     vlm_rows = {"fallback", "m2chat", "m2chat_gate0", "m2chat_gate1", "m2chat_gate_paper", "stage1", *ABLATIONS}
     for task, task_figures in figures.items():
         assert set(task_figures) == vlm_rows | ({"zero", "caption"} if task != "storytelling" else set()), task
-        assert all(0.0 <= value <= 1.0 for row in task_figures.values() for value in row.values())
+        assert all(0.0 <= value <= 1.0 for row in task_figures.values() for name, value in row.items()
+                   if name != "inter_rel")
     for task in ("text_to_image", "image_editing", "multimodal_dialogue"):
         assert "caption_bleu1" in figures[task]["m2chat"] and "caption_bleu1" not in figures[task]["caption"]
+    dialogue = figures["multimodal_dialogue"]  # InterRel, a mean cosine, with the build's CLIP
+    assert all(-1.0 <= dialogue[row]["inter_rel"] <= 1.0 for row in vlm_rows)
+    assert "inter_rel" not in dialogue["caption"] and "inter_rel" not in figures["text_to_image"]["m2chat"]
     assert set(figures["storytelling"]["m2chat"]) == {"caption_followed", "premise_first", "consistent"}
     markdown = (built / RESULTS_MARKDOWN).read_text()
     assert markdown.count(f"| {ABLATIONS['stage2_paper_gate'].label} |") == 4

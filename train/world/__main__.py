@@ -1,4 +1,4 @@
-"""python -m train.world {data,judge,vae,unet,vlm,measure,build,diffusers,checkpoint,m3ft,report}
+"""python -m train.world {data,judge,vae,unet,vlm,clip,measure,build,diffusers,checkpoint,m3ft,report}
     --out PATH [--field VALUE ...]"""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .comfyui import ComfyUIMissingError
 from .config import (
     BuildConfig,
     CheckpointConfig,
+    ClipConfig,
     DataConfig,
     DiffusersConfig,
     JudgeConfig,
@@ -30,7 +31,7 @@ from .layout import WeightsLayout
 from .loop import ResumeError
 
 COMMANDS = {"data": DataConfig, "judge": JudgeConfig, "vae": VaeConfig, "unet": UnetConfig, "vlm": VlmConfig,
-            "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig,
+            "clip": ClipConfig, "measure": MeasureConfig, "build": BuildConfig, "diffusers": DiffusersConfig,
             "checkpoint": CheckpointConfig, "m3ft": M3ftConfig, "report": ReportConfig}
 
 
@@ -96,6 +97,9 @@ def run(config) -> None:
     elif isinstance(config, VlmConfig):
         from .vlm_training import train_vlm
         train_vlm(config)
+    elif isinstance(config, ClipConfig):
+        from .clip import train_clip
+        train_clip(config)
     elif isinstance(config, ReportConfig):  # before M3ftConfig, which it extends
         from .report import write_report
         write_report(config)

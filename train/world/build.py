@@ -2,7 +2,8 @@
 
 Stages, each a training run in its own folder under --out (a killed build resumes each
 run from its last checkpoint; a finished stage is kept): the judge, the VAE, the UNet on
-the VAE's latents (scored by the judge during training), the VLM. Then the weights are gathered
+the VAE's latents (scored by the judge during training), the VLM, the CLIP that scores
+InterRel (clip.py). Then the weights are gathered
 into --weights (default <out>/weights) in the shipped layout (layout.py), with each
 stage's last figures, and M³FT on them (m3ft.py, in <out>/m3ft) adds the adapter. The
 "short" schedule runs the same code for a few steps each (CI)."""
@@ -14,19 +15,19 @@ import logging
 import shutil
 from pathlib import Path
 
-from .config import BuildConfig, JudgeConfig, M3ftConfig, UnetConfig, VaeConfig, VlmConfig
+from .config import BuildConfig, ClipConfig, JudgeConfig, M3ftConfig, UnetConfig, VaeConfig, VlmConfig
 from .files import atomic_path
-from .layout import JUDGE_FILE, TRAINING_FIGURES, VLM_NAME, WeightsLayout
+from .layout import CLIP_NAME, JUDGE_FILE, TRAINING_FIGURES, VLM_NAME, WeightsLayout
 from .loop import logged_to, run_stage
 from .sdxl import UNET_FILE
 from .taesd import DECODER_FILE, ENCODER_FILE
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("judge", "vae", "unet", "vlm")
+STAGES = ("judge", "vae", "unet", "vlm", "clip")
 # Each stage's settings over its config's defaults (the full schedule is the defaults).
 SCHEDULES: dict[str, dict[str, dict]] = {
-    "full": {"judge": {}, "vae": {}, "unet": {}, "vlm": {}},
+    "full": {"judge": {}, "vae": {}, "unet": {}, "vlm": {}, "clip": {}},
     "short": {
         "judge": {"steps": 6, "batch_size": 4, "width": 16, "evaluate_every": 6, "checkpoint_every": 6,
                   "eval_images": 8, "warmup_steps": 1},
@@ -37,6 +38,8 @@ SCHEDULES: dict[str, dict[str, dict]] = {
         "vlm": {"steps": 2, "batch_size": 2, "evaluate_every": 2, "checkpoint_every": 2, "eval_images": 2,
                 "warmup_steps": 1, "width": 32, "layers": 1, "vision_width": 32, "vision_layers": 1,
                 "vision_steps": 1, "vision_batch_size": 2},
+        "clip": {"steps": 2, "batch_size": 4, "evaluate_every": 2, "checkpoint_every": 2, "eval_images": 4,
+                 "warmup_steps": 1, "width": 32, "layers": 1, "image_size": 32},
     },
 }
 
@@ -61,6 +64,7 @@ def add_adapter(weights: Path, m3ft: M3ftConfig) -> None:
 
 
 def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
+    from .clip import train_clip
     from .training import train_judge, train_vae
     from .unet_training import train_unet
     from .vlm_training import train_vlm
@@ -74,6 +78,8 @@ def _train_stages(out: Path, seed: int, schedule: dict[str, dict]) -> None:
     run_stage("unet", out / "unet" / UNET_FILE, lambda: train_unet(unet))
     vlm = VlmConfig(out=str(out / "vlm"), seed=seed, **schedule["vlm"])
     run_stage("vlm", out / "vlm" / VLM_NAME, lambda: train_vlm(vlm))
+    clip = ClipConfig(out=str(out / "clip"), seed=seed, **schedule["clip"])
+    run_stage("clip", out / "clip" / CLIP_NAME, lambda: train_clip(clip))
 
 
 def gather(out: Path, weights: Path) -> Path:
@@ -86,6 +92,7 @@ def gather(out: Path, weights: Path) -> Path:
             shutil.copy2(out / "vae" / name, staged.vae / name)
         shutil.copy2(out / "unet" / UNET_FILE, staged.unet)
         shutil.copytree(out / "vlm" / VLM_NAME, staged.vlm)
+        shutil.copytree(out / "clip" / CLIP_NAME, staged.clip)
         figures = {stage: _last_point(out / stage) for stage in STAGES}
         (staging / TRAINING_FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
     logger.info("World weights gathered in %s", weights)

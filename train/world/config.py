@@ -135,6 +135,28 @@ class UnetConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
+class ClipConfig(TrainingConfig):
+    """Train the world's CLIP (the scorer of InterRel on the world) into --out."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    evaluate_every: int = 250
+    checkpoint_every: int = 250
+    width: int = 64  # both towers' hidden size, and the embedding's
+    layers: int = 2
+    image_size: int = 64
+    patch_size: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.width >= 32 and self.width % 32 == 0, "width", f"must be a multiple of 32, got {self.width}.")
+        _check(self.layers >= 1, "layers", f"must be at least 1, got {self.layers}.")
+        _check(self.patch_size >= 1 and self.image_size % self.patch_size == 0, "patch_size",
+               f"must divide image_size ({self.image_size}), got {self.patch_size}.")
+
+
+@dataclass(frozen=True)
 class MeasureConfig:
     """Measure the judge (and, with --vae, what survives the VAE) on fresh images; write JSON to --out."""
 

@@ -14,6 +14,7 @@ WEIGHTS = Path(__file__).parent / "weights"  # the shipped, trained world models
 JUDGE_FILE = "judge.safetensors"
 VLM_NAME = "m2chat-world-vlm"  # its folder name in models/LLM (what M2ChatVLMLoader lists)
 ADAPTER_FILE = "m2chat-world-adapter.safetensors"  # M³FT on the world (train/configs/world_stage*.yaml)
+CLIP_NAME = "clip"  # the world's CLIP folder (clip.py), read by the benchmarks, not by ComfyUI
 TRAINING_FIGURES = "training.json"  # each stage's last learning-curve point
 
 
@@ -36,6 +37,10 @@ class WeightsLayout:
     @property
     def vlm(self) -> Path:
         return self.root / "vlm"
+
+    @property
+    def clip(self) -> Path:
+        return self.root / CLIP_NAME
 
     @property
     def adapter(self) -> Path:

@@ -1,0 +1,106 @@
+"""The world's CLIP: the scorer of InterRel (Eq. 8) on the world, as a real CLIP is for the
+paper's MMDialog table. A tiny CLIPModel learns CLIP's own contrastive loss on train-split
+pictures and their canonical captions, and is saved as the CLIPModel + CLIPProcessor folder
+that train/evaluate's `load_local_clip` reads, so the project's own evaluation code scores
+with it. Measured on held-out pictures (a held-out (colour, shape) pair in each): each
+picture's caption picked among the evaluation set's captions, and each caption's picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from ..tiny_sdxl import CLIP_BOS, CLIP_EOS, CLIP_MAX_LENGTH, train_clip_vocab
+from .config import ClipConfig
+from .files import atomic_path
+from .language import caption
+from .layout import CLIP_NAME
+from .loop import train
+from .render import render
+from .scenes import Scene, random_scene
+
+logger = logging.getLogger(__name__)
+
+
+def build_world_clip(config: ClipConfig) -> tuple[CLIPModel, CLIPProcessor]:
+    """The seeded, untrained CLIP: both towers `width` wide and `layers` deep; the picture
+    read at `image_size` px in `patch_size` px patches; CLIP-style BPE on English text."""
+    vocab, merges = train_clip_vocab()
+    tower = {"hidden_size": config.width, "intermediate_size": 4 * config.width,
+             "num_hidden_layers": config.layers, "num_attention_heads": config.width // 32}
+    clip_config = CLIPConfig(
+        text_config={**tower, "vocab_size": len(vocab), "max_position_embeddings": CLIP_MAX_LENGTH,
+                     "bos_token_id": vocab[CLIP_BOS], "eos_token_id": vocab[CLIP_EOS],
+                     "pad_token_id": vocab[CLIP_EOS]},
+        vision_config={**tower, "image_size": config.image_size, "patch_size": config.patch_size},
+        projection_dim=config.width,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = CLIPModel(clip_config)
+    size = config.image_size
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH))
+    return model, processor
+
+
+def _scenes(rng: random.Random, count: int, split: str) -> list[Scene]:
+    return [random_scene(rng, split) for _ in range(count)]
+
+
+class ClipTask:
+    def __init__(self, config: ClipConfig) -> None:
+        self.config = config
+        self.model, self.processor = build_world_clip(config)
+        self.eval_scenes = heldout_scenes(config.seed, config.eval_images)
+
+    def _inputs(self, scenes: list[Scene]) -> dict[str, torch.Tensor]:
+        return dict(self.processor(text=[caption(scene) for scene in scenes], images=[render(s) for s in scenes],
+                                   return_tensors="pt", padding=True))
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        scenes = _scenes(random.Random(f"clip:{self.config.seed}:{step}"), self.config.batch_size, "train")
+        return self.model(**self._inputs(scenes), return_loss=True).loss, {}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        output = self.model(**self._inputs(self.eval_scenes))
+        return retrieval(output.text_embeds, output.image_embeds, [caption(scene) for scene in self.eval_scenes])
+
+
+def retrieval(text_embeddings: torch.Tensor, image_embeddings: torch.Tensor, captions: list[str]) -> dict[str, float]:
+    """Each picture's nearest caption and each caption's nearest picture among the set, right
+    when the pick's caption is the same text (two pictures may share a caption)."""
+    scores = image_embeddings @ text_embeddings.T
+    def right(picks: torch.Tensor) -> float:
+        return sum(captions[pick] == captions[index] for index, pick in enumerate(picks.tolist())) / len(captions)
+    return {"image_to_caption": right(scores.argmax(1)), "caption_to_image": right(scores.argmax(0))}
+
+
+def heldout_scenes(seed: int, count: int) -> list[Scene]:
+    """The evaluation's pictures: test-split scenes (a held-out pair in each), no training step's."""
+    return _scenes(random.Random(f"clip-eval:{seed}"), count, "test")
+
+
+def train_clip(config: ClipConfig, stop_after: int | None = None) -> list[dict[str, float]]:
+    task = ClipTask(config)
+    out = Path(config.out)
+    curve = train(task, config.loop_settings(), out, {"model": "clip", **asdict(config)}, stop_after)
+    if curve and curve[-1]["step"] == config.steps:
+        save_world_clip(task, out / CLIP_NAME)
+    return curve
+
+
+def save_world_clip(task: ClipTask, folder: Path) -> Path:
+    with atomic_path(folder) as temporary:
+        task.model.save_pretrained(temporary)
+        task.processor.save_pretrained(temporary)
+    logger.info("Saved the world's CLIP to %s", folder)
+    return folder
