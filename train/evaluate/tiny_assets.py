@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from m2chat_core.tiny import build_tiny_adapter, build_tiny_vlm
 from m2chat_core.vlm import load_vlm
 
 from ..tiny_assets import caption, draw
 from ..tiny_sdxl import CLIP_BOS, CLIP_EOS, CLIP_MAX_LENGTH, build_tiny_sdxl_diffusers, train_clip_vocab
-from .clip_model import PooledCLIPModel
 from .feature_extractors import TinyConvFeatures
 
 logger = logging.getLogger(__name__)
@@ -39,28 +38,37 @@ def build_tiny_clip(out_dir: str | Path, *, seed: int = 0) -> Path:
     """A seeded 2-layer CLIP (32 px images, 8 px patches, width 32, embedding 16) with a
     CLIPProcessor, saved as a Hugging Face folder that `load_local_clip` reads."""
     out_dir = Path(out_dir)
+    model, processor = seeded_clip(seed=seed, width=32, intermediate_size=64, layers=2, heads=2,
+                                   image_size=TINY_CLIP_IMAGE_SIZE, patch_size=8, projection_dim=16)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def seeded_clip(*, seed: int, width: int, intermediate_size: int, layers: int, heads: int, image_size: int,
+                patch_size: int, projection_dim: int) -> tuple[CLIPModel, CLIPProcessor]:
+    """An untrained CLIPModel (both towers alike) with its CLIPProcessor: CLIP-style BPE
+    learnt on English text (train_clip_vocab), pictures resized to `image_size` px."""
     vocab, merges = train_clip_vocab()
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tower = {"hidden_size": width, "intermediate_size": intermediate_size, "num_hidden_layers": layers,
+             "num_attention_heads": heads}
     config = CLIPConfig(
         text_config={
             **tower, "vocab_size": len(vocab), "max_position_embeddings": CLIP_MAX_LENGTH,
             "bos_token_id": vocab[CLIP_BOS], "eos_token_id": vocab[CLIP_EOS], "pad_token_id": vocab[CLIP_EOS],
         },
-        vision_config={**tower, "image_size": TINY_CLIP_IMAGE_SIZE, "patch_size": 8},
-        projection_dim=16,
+        vision_config={**tower, "image_size": image_size, "patch_size": patch_size},
+        projection_dim=projection_dim,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = PooledCLIPModel(config)
-    model.save_pretrained(out_dir)
-    CLIPProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": TINY_CLIP_IMAGE_SIZE},
-            crop_size={"height": TINY_CLIP_IMAGE_SIZE, "width": TINY_CLIP_IMAGE_SIZE},
-        ),
+        model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
+                                           crop_size={"height": image_size, "width": image_size}),
         tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH),
-    ).save_pretrained(out_dir)
-    return out_dir
+    )
+    return model, processor
 
 
 def build_tiny_fid_weights(path: str | Path, *, seed: int = 0) -> Path:

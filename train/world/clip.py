@@ -14,9 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPModel, CLIPProcessor
 
-from ..tiny_sdxl import CLIP_BOS, CLIP_EOS, CLIP_MAX_LENGTH, train_clip_vocab
+from ..evaluate.tiny_assets import seeded_clip
 from .config import ClipConfig
 from .files import atomic_path
 from .language import caption
@@ -29,26 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_world_clip(config: ClipConfig) -> tuple[CLIPModel, CLIPProcessor]:
-    """The seeded, untrained CLIP: both towers `width` wide and `layers` deep; the picture
-    read at `image_size` px in `patch_size` px patches; CLIP-style BPE on English text."""
-    vocab, merges = train_clip_vocab()
-    tower = {"hidden_size": config.width, "intermediate_size": 4 * config.width,
-             "num_hidden_layers": config.layers, "num_attention_heads": config.width // 32}
-    clip_config = CLIPConfig(
-        text_config={**tower, "vocab_size": len(vocab), "max_position_embeddings": CLIP_MAX_LENGTH,
-                     "bos_token_id": vocab[CLIP_BOS], "eos_token_id": vocab[CLIP_EOS],
-                     "pad_token_id": vocab[CLIP_EOS]},
-        vision_config={**tower, "image_size": config.image_size, "patch_size": config.patch_size},
-        projection_dim=config.width,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = CLIPModel(clip_config)
-    size = config.image_size
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH))
-    return model, processor
+    """The seeded, untrained CLIP: both towers `width` wide and `layers` deep, the embedding
+    `width` wide; the picture read at `image_size` px in `patch_size` px patches."""
+    return seeded_clip(seed=config.seed, width=config.width, intermediate_size=4 * config.width, layers=config.layers,
+                       heads=config.width // 32, image_size=config.image_size, patch_size=config.patch_size,
+                       projection_dim=config.width)
 
 
 def _scenes(rng: random.Random, count: int, split: str) -> list[Scene]:
