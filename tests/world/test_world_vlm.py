@@ -4,6 +4,7 @@ learns, and its training samples never show a held-out (colour, shape) pair."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,14 +18,15 @@ from m2chat_core.special_tokens import SPECIAL_TOKENS
 from m2chat_core.vlm import load_vlm
 from train.world import vlm_data
 from train.world.__main__ import main
+from train.world.comfyui import REPO
 from train.world.config import VlmConfig
-from train.world.language import caption
+from train.world.language import caption, parse_caption
 from train.world.judge import CELL_CLASSES, scene_labels
 from train.world.loop import CHECKPOINT_NAME, _warmup_cosine
 from train.world.render import render
 from train.world.scenes import Scene, WorldObject, is_held_out
 from train.world.vision_pretraining import VisionHeads, grey_draws, pictures, training_scenes, vision_loss
-from train.world.vlm_data import KIND_WEIGHTS, describe_turns, read_caption, training_turn, world_turn
+from train.world.vlm_data import KIND_WEIGHTS, describe_turns, training_turn, world_turn
 from train.world.vlm_measure import generate, measure_vlm, measurement_turns
 from train.world.vlm_model import build_world_vlm, marker_rows
 from train.world.layout import SHIPPED, VLM_NAME
@@ -227,9 +229,9 @@ def test_training_turns_are_a_pure_function_of_seed_step_and_index():
 def test_measured_pictures_are_held_out_and_their_captions_read_back():
     for sample in describe_turns(0, 20):
         assert is_held_out(sample.scene) and len(sample.scene.objects) == 1
-        scene = read_caption(sample.turn.caption)
+        scene = parse_caption(sample.turn.caption)
         assert scene is not None and caption(scene) == sample.turn.caption
-    assert read_caption("a small red star somewhere") is None
+    assert parse_caption("a small red star somewhere") is None
 
 
 def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pack():
@@ -239,6 +241,18 @@ def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pac
     vlm = load_vlm(SHIPPED.vlm)
     result = generate(vlm, describe_turns(0, 1)[0])
     assert result.draws_image and not result.caption_start_forced  # it emits <|IC|> itself
-    assert read_caption(result.caption) is not None
+    assert parse_caption(result.caption) is not None
     figures = measure_vlm(vlm, measurement_turns(0, 32))
     assert figures["caption_exact"] >= 0.15 and figures["follow_up_resolved"] >= 0.4
+    assert figures["caption_colour"] >= 0.8 and figures["caption_position"] >= 0.6  # README: 1.00 and 0.85 of 48
+
+
+def test_the_vlm_bench_reads_each_attribute_back_from_the_captions(capsys):
+    spec = importlib.util.spec_from_file_location("bench_world_vlm", REPO / "bench" / "bench_world_vlm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(SHIPPED.vlm), "--pictures", "4", "--follow-ups", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| VLM | held-out pictures: colour / shape / size / position |")
+    cells = table[2].split(" | ")
+    assert cells[0] == f"| {SHIPPED.vlm}" and len(cells[1].split(" / ")) == len(cells[2].split(" / ")) == 4

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from m2chat_core.tasks import TASKS
 from . import language
 from .dataset import _dialogue, _editing, _story, _text_to_image, sample_rng
 from .render import png_bytes, render
-from .scenes import Scene, WorldObject, random_scene
+from .scenes import Scene, random_scene
 from .vocabulary import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
 
 # How often each kind of turn is drawn in training.
@@ -122,27 +121,6 @@ def tokenizer_corpus(seed: int = 0, samples: int = 1000) -> list[str]:
         for turn in (*sample.history, sample.turn):
             texts += [turn.user_text, turn.answer, turn.caption]
     return [text for text in texts if text]
-
-
-_OBJECT = re.compile(
-    rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) ({'|'.join(POSITIONS.values())})")
-_CELLS = {name: cell for cell, name in POSITIONS.items()}
-
-
-def read_caption(text: str) -> Scene | None:
-    """The scene a canonical caption describes (language.caption's inverse, offsets 0), or None."""
-    objects_text, separator, background = text.strip().rpartition(" on a ")
-    background = background.removesuffix(" background")
-    if not separator or background not in BACKGROUNDS:
-        return None
-    objects = []
-    for part in objects_text.split(" and "):
-        match = _OBJECT.fullmatch(part)
-        if match is None:
-            return None
-        size, colour, shape, place = match.groups()
-        objects.append(WorldObject(colour, shape, size, *_CELLS[place]))
-    return Scene(background, tuple(objects))
 
 
 def named_objects(scene: Scene) -> Sequence[tuple[str, str, tuple[int, int]]]:
