@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from world_graphs import dialogue_inter_rel, graph_for, held_out_dialogues, held_out_edits, held_out_prompts, measure, \
-    run_graphs
+from world_graphs import (dialogue_inter_rel, graph_for, held_out_dialogues, held_out_edits, held_out_prompts,
+                          measure, run_graphs)
 
 from train.evaluate.clip_model import load_local_clip
 from train.world.layout import SHIPPED

@@ -53,7 +53,7 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     (["--width", "48"], "width"),
     (["--vision-layers", "0"], "vision_layers"),
     (["--image-size", "100"], "image_size"),
-    (["--vision-steps", "5000"], "vision_steps"),  # not fewer than the 4000 steps
+    (["--vision-steps", "6000"], "vision_steps"),  # not fewer than the 5200 steps
     (["--learning-rate", "fast"], "learning_rate"),
     (["--word-dropout", "1"], "word_dropout"),
     (["--attribute-weight", "0"], "attribute_weight"),
@@ -105,13 +105,13 @@ def test_the_markers_the_nodes_feed_are_the_rows_training_teaches():
 
 
 def test_the_vlm_learns_on_a_short_schedule(tmp_path):
-    """Teacher-forced loss on fresh batches falls well below its start within 30 steps;
+    """Teacher-forced L_text on fresh batches falls well below its start within 30 steps;
     a model whose inputs or labels were misaligned would stay near it."""
     config = _tiny_vlm(tmp_path, width=64, batch_size=4, steps=30, warmup_steps=3, checkpoint_every=30,
                        evaluate_every=15, learning_rate=3e-3, vision_steps=0)
     first = train_vlm(_tiny_vlm(tmp_path / "untrained", steps=1, evaluate_every=1, vision_steps=0))[-1]
     last = train_vlm(config)[-1]
-    assert last["loss"] < 0.5 * first["loss"]
+    assert last["text_loss"] < 0.5 * first["text_loss"]
 
 
 def test_each_cells_targets_belong_to_the_patch_that_shows_it():
@@ -236,15 +236,16 @@ def test_measured_pictures_are_held_out_and_their_captions_read_back():
 
 def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pack():
     """The committed folder through the pack's loader and encoder, on 32 held-out pictures
-    and 32 test-split follow-ups. Floors far above chance, below the measured 0.28 and 0.62
+    and 32 test-split follow-ups. Floors far above chance, below the measured 0.34 and 0.75
     (README); issue 15's targets (0.90, 0.85) are not reached yet."""
     vlm = load_vlm(SHIPPED.vlm)
     result = generate(vlm, describe_turns(0, 1)[0])
     assert result.draws_image and not result.caption_start_forced  # it emits <|IC|> itself
     assert parse_caption(result.caption) is not None
     figures = measure_vlm(vlm, measurement_turns(0, 32))
-    assert figures["caption_exact"] >= 0.15 and figures["follow_up_resolved"] >= 0.4
-    assert figures["caption_colour"] >= 0.8 and figures["caption_position"] >= 0.6  # README: 1.00 and 0.85 of 48
+    assert figures["caption_exact"] >= 0.25 and figures["follow_up_resolved"] >= 0.6
+    for attribute in ("colour", "size", "position"):  # measured 0.91 each (the previous VLM's size: 0.50)
+        assert figures[f"caption_{attribute}"] >= 0.8, attribute
 
 
 def test_the_vlm_bench_reads_each_attribute_back_from_the_captions(capsys):

@@ -3,10 +3,10 @@
 Stages, each a training run in its own folder under --out (a killed build resumes each
 run from its last checkpoint; a finished stage is kept): the judge, the VAE, the UNet on
 the VAE's latents (scored by the judge during training), the VLM, the CLIP that scores
-InterRel (clip.py). Then the weights are gathered
-into --weights (default <out>/weights) in the shipped layout (layout.py), with each
-stage's last figures, and M³FT on them (m3ft.py, in <out>/m3ft) adds the adapter. The
-"short" schedule runs the same code for a few steps each (CI)."""
+InterRel (clip.py). Then the weights are gathered into --weights (default <out>/weights)
+in the shipped layout (layout.py), with each stage's last figures, and M³FT on them
+(m3ft.py, in <out>/m3ft) adds the adapter. The "short" schedule runs the same code for a
+few steps each (CI)."""
 
 from __future__ import annotations
 

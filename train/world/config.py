@@ -260,7 +260,7 @@ def _check_sdxl_weights(folder: str) -> None:
 class VlmConfig(TrainingConfig):
     """Pretrain the world's VLM (a tiny LLaVA-1.5-style model) into --out."""
 
-    steps: int = 4000  # the shipped VLM's schedule (32 minutes alone on 2 cores)
+    steps: int = 5200  # the shipped VLM's schedule: 1500 vision steps, then 3700 language steps
     batch_size: int = 16
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -271,14 +271,14 @@ class VlmConfig(TrainingConfig):
     layers: int = 4
     vision_width: int = 128
     vision_layers: int = 2
-    vision_steps: int = 300  # the first steps pretrain the vision tower alone (vision_pretraining.py)
+    vision_steps: int = 1500  # the first steps pretrain the vision tower alone (vision_pretraining.py)
     vision_batch_size: int = 64
     image_size: int = 96  # the vision tower's input: one patch per grid cell (see vlm_model.py)
-    vision_grey: float = 0.0  # share of the vision phase's pictures shown in grey (vision_pretraining.py)
-    cell_identity: bool = False  # each image token also learns its own grid cell (vision_pretraining.py)
+    vision_grey: float = 0.5  # share of the vision phase's pictures shown in grey (vision_pretraining.py)
+    cell_identity: bool = True  # each image token also learns its own grid cell (vision_pretraining.py)
     # Language-phase levers (README, "The VLM"); the defaults are the shipped VLM's recipe.
-    projector_vision_weight: float = 0.0  # > 0: linear heads on the projector's output learn the tower's read-out too
-    attribute_weight: float = 1.0  # L_text weight of the shape and size words
+    projector_vision_weight: float = 1.0  # > 0: linear heads on the projector's output learn the tower's read-out too
+    attribute_weight: float = 4.0  # L_text weight of the shape and size words
     word_dropout: float = 0.0  # probability that a written colour or shape word is hidden from the input
 
     def __post_init__(self) -> None:
