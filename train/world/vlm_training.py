@@ -80,7 +80,7 @@ class VlmTask:
         self.vlm.model.model.vision_tower.requires_grad_(False)  # frozen, as LLaVA-1.5 keeps CLIP
         text = self._text_loss(step)
         if not self.config.projector_vision_weight:
-            return text, {}
+            return text, {"text_loss": float(text)}
         scenes = training_scenes(self.config.seed, step, self.config.batch_size)
         vision = vision_loss(self.projector_heads, projected_features(self.vlm, scenes), scenes)
         return text + self.config.projector_vision_weight * vision, {"text_loss": float(text),
