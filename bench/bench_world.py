@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
 from world_graphs import (  # noqa: E402
     CONDITIONINGS,
+    ENCODE_ROWS,
     ROW_LABELS,
     EncodeRow,
     encode_row,
@@ -89,15 +90,21 @@ class FigureCache:
     def __init__(self, directory: Path | None):
         self.directory = directory
 
-    def keys(self, prompts: int, weights: Path, world_adapter: Path | None, extra: dict[str, Path],
+    def keys(self, prompts: int, world: WeightsLayout, world_adapter: Path | None, extra: dict[str, Path],
              rows: Iterable[str]) -> dict[str, dict | None]:
-        """Each row's key (hashing the models only where there is a cache to check them against)."""
+        """Each row's key (hashing the models only where there is a cache to check them against):
+        the adapter is the file the row reads (--adapter's, else the m2chat rows' own), None
+        for the rows without one."""
         if not self.directory:
             return dict.fromkeys(rows)
-        models = digest(weights)
-        adapter = digest(world_adapter) if world_adapter else None
-        return {row: {"prompts": prompts, "weights": models, "adapter": digest(extra[row]) if row in extra else adapter}
-                for row in rows}
+        models = digest(world.root)
+        own = digest(world_adapter or world.adapter)
+
+        def adapter(row: str) -> str | None:
+            if row in extra:
+                return digest(extra[row])
+            return own if row in ENCODE_ROWS and ENCODE_ROWS[row].adapter else None
+        return {row: {"prompts": prompts, "weights": models, "adapter": adapter(row)} for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
         path = self.directory and self.directory / task / f"{row}.json"
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = load_local_clip(world.clip, torch.device("cpu")) if world.clip.is_dir() else None
     conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
-    keys = cache.keys(options.prompts, world.root, options.world_adapter, extra, conditionings)
+    keys = cache.keys(options.prompts, world, options.world_adapter, extra, conditionings)
     figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
         try:
