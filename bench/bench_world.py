@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
 from world_graphs import (  # noqa: E402
     CONDITIONINGS,
-    ENCODE_ROWS,
     ROW_LABELS,
     EncodeRow,
     encode_row,
@@ -103,7 +102,8 @@ class FigureCache:
         def adapter(row: str) -> str | None:
             if row in extra:
                 return digest(extra[row])
-            return own if row in ENCODE_ROWS and ENCODE_ROWS[row].adapter else None
+            reads = encode_row(row)  # None for zero and caption; the fallback reads no adapter
+            return own if reads and reads.adapter else None
         return {row: {"prompts": prompts, "weights": models, "adapter": adapter(row)} for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
