@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.vlm import load_vlm
@@ -21,12 +22,14 @@ from train.evaluate.clip_model import load_local_clip
 from train.trainer import DEFAULT_EXPORT_NAME
 from train.world.__main__ import main
 from train.world.comfyui import REPO
+from train.world.config import UnetConfig
 from train.world.layout import TRAINING_FIGURES, WeightsLayout
+from train.world.loop import CHECKPOINT_NAME
 from train.world.report import ABLATIONS, MEASURED, RESULTS_JSON, RESULTS_MARKDOWN
 from train.world.sdxl import load_unet
 from train.world.taesd import load_taesd
 from train.world.training import load_judge
-from train.world.unet_training import POOL_FILE
+from train.world.unet_training import POOL_FILE, train_unet
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,34 @@ def test_a_rerun_resumes_from_the_finished_runs(built):
     assert WeightsLayout(built / "weights").unet.read_bytes() == unet_bytes  # resumed at its last step, not retrained
     assert (built / "unet" / "curve.jsonl").read_text().count("\n") == 1
     assert (built / "unet" / POOL_FILE).is_file()  # the rerun read its training pool back
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
+
+
+def test_a_unet_run_starts_from_given_weights_and_saves_their_moving_average(built, tmp_path):
+    weights = WeightsLayout(built / "weights")
+    init = {name: value.float() for name, value in load_unet(weights.unet).state_dict().items()}
+
+    def run(steps: int) -> tuple[dict, dict, dict]:
+        config = UnetConfig(out=str(tmp_path), vae=str(weights.vae), judge="", init=str(weights.unet),
+                            ema_decay=0.5, steps=steps, batch_size=2, pool_scenes=4, warmup_steps=0,
+                            evaluate_every=1, checkpoint_every=1, eval_prompts=1, eval_steps=1)
+        train_unet(config)
+        state = load_file(tmp_path / CHECKPOINT_NAME)
+        return (_part(state, "model.live."), _part(state, "model.average."),
+                load_file(tmp_path / weights.unet.name))
+
+    live, average, saved = run(steps=1)
+    assert any(not torch.equal(live[name], init[name]) for name in init)  # it trained ...
+    for name in init:  # ... from the given weights, and averaged them with the decay
+        torch.testing.assert_close(average[name], 0.5 * init[name] + 0.5 * live[name])
+        torch.testing.assert_close(saved[name], average[name].half())  # the average is what ships
+    previous = average
+    live, average, _ = run(steps=2)  # resumed: the average continues from the checkpoint's
+    for name in init:
+        torch.testing.assert_close(average[name], 0.5 * previous[name] + 0.5 * live[name])
 
 
 def _report(built: Path) -> int:

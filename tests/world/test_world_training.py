@@ -31,6 +31,8 @@ def _tiny_judge(out: Path, **overrides) -> JudgeConfig:
     (["judge", "--steps", "0"], "steps"),
     (["judge", "--width", "12"], "width"),
     (["vae", "--crop", "20"], "crop"),
+    (["unet", "--ema-decay", "1"], "ema_decay"),
+    (["unet", "--init", "no-such-unet.safetensors"], "init"),
     (["data", "--test-fraction", "2"], "test_fraction"),
     (["judge", "--learning-rate", "many"], "learning_rate"),
 ])

@@ -105,6 +105,8 @@ class UnetConfig(TrainingConfig):
 
     vae: str = str(SHIPPED.vae)  # a folder with the taesdxl files
     judge: str = str(SHIPPED.judge)  # scores the evaluation's pictures ("" = no scoring)
+    init: str = ""  # a UNet .safetensors (ComfyUI's layout) to start from, e.g. the shipped one ("" = new)
+    ema_decay: float = 0.0  # > 0: evaluate and save the weights' moving average at this decay
     steps: int = 2500
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -132,6 +134,9 @@ class UnetConfig(TrainingConfig):
         _check(0 <= self.uncond_probability < 1, "uncond_probability",
                f"must be in [0, 1), got {self.uncond_probability}.")
         _check(self.guidance >= 1, "guidance", f"must be 1 or more, got {self.guidance}.")
+        _check(not self.init or Path(self.init).is_file(), "init",
+               f"{self.init} is not a file; pass a UNet .safetensors (e.g. {SHIPPED.unet}) or ''.")
+        _check(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}.")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -58,8 +59,29 @@ class LoopSettings:
     restart_at: int = 0  # > 0: a second schedule (warmup, cosine) runs from this step on
 
 
+class WithAverage(torch.nn.Module):
+    """A model trained as usual (`live`) and the exponential moving average of its weights
+    (`average`, which the optimizer never moves): after each step
+    average <- decay * average + (1 - decay) * live. Both are in the state dict, so a
+    checkpoint keeps the average and a resumed run continues it."""
+
+    def __init__(self, live: torch.nn.Module, decay: float) -> None:
+        super().__init__()
+        self.live = live
+        self.average = copy.deepcopy(live).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for average, live in zip(self.average.parameters(), self.live.parameters()):
+            average.lerp_(live, 1 - self.decay)
+        for average, live in zip(self.average.buffers(), self.live.buffers()):
+            average.copy_(live)
+
+
 class Trainable(Protocol):
-    """What the loop trains: a model, the loss of step `step`'s batch, and an evaluation."""
+    """What the loop trains: a model (if a WithAverage, the loop averages it after each
+    step), the loss of step `step`'s batch, and an evaluation."""
 
     model: torch.nn.Module
 
@@ -126,6 +148,8 @@ def _train(task: Trainable, settings: LoopSettings, run_folder: Path, config: di
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if isinstance(task.model, WithAverage):
+            task.model.update()
         step += 1
         progress.update()
         progress.set_postfix(loss=f"{loss.item():.4f}")

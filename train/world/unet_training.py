@@ -25,10 +25,11 @@ from .config import UnetConfig
 from .files import atomic_path
 from .judge import accuracy, to_tensor
 from .language import caption
-from .loop import train
+from .loop import WithAverage, train
 from .render import render
 from .scenes import random_scene
-from .sdxl import UNET_FILE, alphas_cumprod, build_text_encoders, encode_captions, new_unet, save_unet, size_vector
+from .sdxl import (UNET_FILE, alphas_cumprod, build_text_encoders, encode_captions, load_unet, new_unet, save_unet,
+                   size_vector)
 from .taesd import TinyAutoencoder, load_taesd
 from .training import load_judge
 from .vocabulary import IMAGE_SIZE
@@ -80,7 +81,10 @@ class ConditionPool:
 class UnetTask:
     def __init__(self, config: UnetConfig) -> None:
         self.config = config
-        self.model = new_unet(config.seed)
+        self.unet = load_unet(Path(config.init)).train() if config.init else new_unet(config.seed)
+        self.model = WithAverage(self.unet, config.ema_decay) if config.ema_decay else self.unet
+        # What evaluation draws with and what is saved: the moving average when there is one.
+        self.result = self.model.average if config.ema_decay else self.unet
         self.clip = build_text_encoders()
         self.vae = load_taesd(Path(config.vae)).eval()
         rng = random.Random(f"unet-pool:{config.seed}")
@@ -124,7 +128,7 @@ class UnetTask:
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise  # q(x_t | x_0)
         sizes = self.sizes[torch.randint(len(SIZE_IDS), (len(index),), generator=generator)]
         y = torch.cat([pooled, sizes], dim=1)
-        predicted = self.model(noisy, timesteps, context, y)
+        predicted = self.unet(noisy, timesteps, context, y)
         # Noisy timesteps weighted up to 1/SNR (the error x0 inherits from epsilon there),
         # capped: a sampler's first steps amplify the epsilon error by sqrt(1/SNR), so an
         # unweighted loss leaves them worse than guessing the mean latent.
@@ -144,7 +148,7 @@ class UnetTask:
         timesteps = torch.linspace(len(self.alphas) - 1, 0, steps).round().long()
         for index, t in enumerate(timesteps):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-                eps = self.model(torch.cat([x, x]), t.repeat(2 * count), contexts, y).float()
+                eps = self.result(torch.cat([x, x]), t.repeat(2 * count), contexts, y).float()
             eps = eps[count:] + guidance * (eps[:count] - eps[count:])
             alpha = self.alphas[t]
             x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
@@ -164,7 +168,7 @@ def train_unet(config: UnetConfig, stop_after: int | None = None) -> list[dict[s
     out = Path(config.out)
     curve = train(task, config.loop_settings(), out, {"model": "unet", **asdict(config)}, stop_after)
     if curve and curve[-1]["step"] == config.steps:
-        save_unet(task.model, out / UNET_FILE)
+        save_unet(task.result, out / UNET_FILE)
         with atomic_path(out / "figures.json") as temporary:
             temporary.write_text(json.dumps(curve[-1], indent=2) + "\n")
     return curve
