@@ -31,7 +31,7 @@ from train.world.vlm_measure import generate, measure_vlm, measurement_turns
 from train.world.vlm_model import build_world_vlm, marker_rows
 from train.world.layout import SHIPPED, VLM_NAME
 from train.world.vlm_training import FIGURES_FILE, SAVED_DTYPE, VlmTask, train_vlm, word_tokens
-from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, SHAPES
+from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, POSITION_WORDS, SHAPES
 
 TINY_VLM = dict(width=32, layers=1, vision_width=32, vision_layers=1, image_size=48, batch_size=2, steps=4,
                 warmup_steps=1, checkpoint_every=2, evaluate_every=2, eval_images=1, vision_steps=1,
@@ -57,6 +57,7 @@ def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
     (["--learning-rate", "fast"], "learning_rate"),
     (["--word-dropout", "1"], "word_dropout"),
     (["--attribute-weight", "0"], "attribute_weight"),
+    (["--position-weight", "-2"], "position_weight"),
     (["--projector-vision-weight", "-1"], "projector_vision_weight"),
     (["--vision-grey", "1.5"], "vision_grey"),
     (["--cell-identity", "maybe"], "cell_identity"),
@@ -199,6 +200,15 @@ def test_word_dropout_hides_written_colour_and_shape_words_only_and_is_seeded():
     assert torch.equal(dropped.labels, batch.labels)
     again = task._drop_pair_words(batch, torch.Generator().manual_seed(1))
     assert torch.equal(again.input_ids, dropped.input_ids)
+
+
+def test_l_text_weighs_the_attribute_and_position_words_as_configured():
+    task = VlmTask(_tiny_vlm(Path("unused"), attribute_weight=4.0, position_weight=3.0))
+    expected = {"star": 4.0, "small": 4.0, "red": 1.0, "the": 1.0, "background": 1.0,
+                **{word: 3.0 for word in POSITION_WORDS}}
+    for word, weight in expected.items():
+        token, = word_tokens(task.vlm, (word,))  # every world word is one token
+        assert task.token_weights[token] == weight, word
 
 
 def test_the_language_phase_gets_its_own_warmup_and_cosine():

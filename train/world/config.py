@@ -284,6 +284,7 @@ class VlmConfig(TrainingConfig):
     # Language-phase levers (README, "The VLM"); the defaults are the shipped VLM's recipe.
     projector_vision_weight: float = 1.0  # > 0: linear heads on the projector's output learn the tower's read-out too
     attribute_weight: float = 4.0  # L_text weight of the shape and size words
+    position_weight: float = 1.0  # L_text weight of the position words (top, bottom, left, right, middle)
     word_dropout: float = 0.0  # probability that a written colour or shape word is hidden from the input
 
     def __post_init__(self) -> None:
@@ -298,7 +299,8 @@ class VlmConfig(TrainingConfig):
         _check(self.projector_vision_weight >= 0, "projector_vision_weight",
                f"must be 0 or more, got {self.projector_vision_weight}.")
         _check(0 <= self.vision_grey <= 1, "vision_grey", f"must be in [0, 1], got {self.vision_grey}.")
-        _check(self.attribute_weight > 0, "attribute_weight", f"must be more than 0, got {self.attribute_weight}.")
+        for name in ("attribute_weight", "position_weight"):
+            _check(getattr(self, name) > 0, name, f"must be more than 0, got {getattr(self, name)}.")
         _check(0 <= self.word_dropout < 1, "word_dropout", f"must be in [0, 1), got {self.word_dropout}.")
         _check(self.image_size >= 48 and self.image_size % GRID == 0, "image_size",
                f"must be a multiple of {GRID} (one patch per grid cell) and at least 48, got {self.image_size}.")

@@ -31,7 +31,7 @@ from .loop import train
 from .vision_pretraining import (VisionHeads, grey_draws, patch_features, pictures, projected_features, test_scenes,
                                  training_scenes, vision_accuracy, vision_loss)
 from .vlm_data import WorldTurn, training_turn
-from .vocabulary import COLOURS, SHAPES, SIZES
+from .vocabulary import COLOURS, POSITION_WORDS, SHAPES, SIZES
 from .vlm_measure import measure_vlm, measurement_turns
 from .vlm_model import MAX_CONTEXT, build_world_vlm, marker_rows
 
@@ -69,6 +69,7 @@ class VlmTask:
         self.vision_measurement = test_scenes(config.seed, config.eval_images)
         self.token_weights = torch.ones(self.vlm.input_embeddings.weight.shape[0])
         self.token_weights[word_tokens(self.vlm, (*SHAPES, *SIZES))] = config.attribute_weight
+        self.token_weights[word_tokens(self.vlm, POSITION_WORDS)] = config.position_weight
         self.pair_words = word_tokens(self.vlm, (*COLOURS, *SHAPES))
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
