@@ -38,8 +38,8 @@ POSITIONS: dict[tuple[int, int], str] = {
     (2, 1): "at the bottom",
     (2, 2): "at the bottom right",
 }
-# The words of POSITIONS that name a place (the rest, "at the", "on the", "in the", only join them).
-POSITION_WORDS = ("top", "bottom", "left", "right", "middle")
+# The words of POSITIONS that name a place: each phrase's words after "at the", "on the" or "in the".
+POSITION_WORDS = tuple(dict.fromkeys(word for phrase in POSITIONS.values() for word in phrase.split()[2:]))
 
 JITTER = 2  # pixels an object may sit off its grid cell's centre, each axis
 
