@@ -265,7 +265,7 @@ def _check_sdxl_weights(folder: str) -> None:
 class VlmConfig(TrainingConfig):
     """Pretrain the world's VLM (a tiny LLaVA-1.5-style model) into --out."""
 
-    steps: int = 5200  # the shipped VLM's schedule: 1500 vision steps, then 3700 language steps
+    steps: int = 7000  # the shipped VLM's schedule: 1500 vision steps, then 5500 language steps
     batch_size: int = 16
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -285,7 +285,7 @@ class VlmConfig(TrainingConfig):
     projector_vision_weight: float = 1.0  # > 0: linear heads on the projector's output learn the tower's read-out too
     attribute_weight: float = 4.0  # L_text weight of the shape and size words
     position_weight: float = 1.0  # L_text weight of the position words (top, bottom, left, right, middle)
-    word_dropout: float = 0.0  # probability that a written colour or shape word is hidden from the input
+    word_dropout: float = 0.3  # probability that a written colour or shape word is hidden from the input
 
     def __post_init__(self) -> None:
         super().__post_init__()
