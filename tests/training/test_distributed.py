@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from comfyui_env import HUNG_AFTER_S
-from harness.training import REPO_ROOT, free_port
+from harness.training import REPO_ROOT, assert_runs_took_the_same_steps, free_port
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from m2chat_core.adapter_file import load_adapter_file
@@ -120,17 +119,6 @@ def _scalars(run: Path, tag: str) -> dict[int, float]:
     return {event.step: event.value for event in events.Scalars(tag)}
 
 
-def _adapter(run: Path) -> dict[str, torch.Tensor]:
-    return load_adapter_file(run / DEFAULT_EXPORT_NAME).adapter_state
-
-
-def _assert_same_adapter(first: Path, second: Path) -> None:
-    first, second = _adapter(first), _adapter(second)
-    assert first.keys() == second.keys()
-    for name in first:
-        torch.testing.assert_close(first[name], second[name], atol=1e-5, rtol=0, msg=name)
-
-
 def test_two_processes_and_one_with_twice_the_accumulation_train_the_same_steps(uninterrupted):
     """The same samples and noise per global step, the same schedule, the logged loss the mean
     over processes: 2 DDP processes and 1 process accumulating 2 batches are the same run."""
@@ -138,7 +126,7 @@ def test_two_processes_and_one_with_twice_the_accumulation_train_the_same_steps(
     assert _scalars(two, "train/lr") == pytest.approx(_scalars(one, "train/lr"), abs=1e-12)
     assert list(_scalars(two, "train/lr")) == [1, 2, 3, 4, 5, 6]
     assert _scalars(two, "train/total") == pytest.approx(_scalars(one, "train/total"), abs=1e-5)
-    _assert_same_adapter(two, one)
+    assert_runs_took_the_same_steps(two, one)
     state = json.loads((two / "checkpoints" / "checkpoint-3" / STATE_FILE_NAME).read_text())
     assert state == {"stage": 1, "global_step": 3, "samples_seen": 12, "global_batch": 4, "max_steps": 6,
                      "num_processes": 2}
@@ -149,7 +137,7 @@ def test_resume_at_another_process_count_continues_the_uninterrupted_run(runner,
     resumed = _resumed_from_step_3(runner, uninterrupted[before], tmp_path, after)
     assert _scalars(resumed, "train/lr") == pytest.approx(
         {step: lr for step, lr in _scalars(uninterrupted[before], "train/lr").items() if step > 3}, abs=1e-12)
-    _assert_same_adapter(resumed, uninterrupted[before])
+    assert_runs_took_the_same_steps(resumed, uninterrupted[before])
 
 
 def test_resume_with_another_global_batch_is_refused_naming_the_setting(runner, uninterrupted, tmp_path):
