@@ -145,4 +145,9 @@ def test_zero3_stage1_through_skipped_samples_takes_the_same_steps_as_one_proces
     assert "Skipped 1 bad samples in training" in sharded.stderr  # with batches of 1: a batch without samples
     one = runner.run(1, [*runner.overrides(1, tmp_path / "one"), *batches, "--optim.gradient_accumulation_steps=2"])
     assert one.returncode == 0, one.stderr[-3000:]
-    assert_runs_took_the_same_steps(tmp_path / "zero3", tmp_path / "one")
+    # With batches of one sample, ZeRO-3's reduce-scatter sums each gradient in another order than one
+    # process's accumulation, and AdamW divides each step by the gradient's size: where that is near
+    # zero the rounding reaches the weights, 3.6e-5 apart after these 11 steps on an AMD EPYC (under
+    # 1e-5 on Intel). A step lost, doubled or computed wrong moves them by about the learning rate
+    # (1e-3; 9e-4 between steps 10 and 11), so a tenth of it still tells the runs apart.
+    assert_runs_took_the_same_steps(tmp_path / "zero3", tmp_path / "one", atol=1e-4)
