@@ -109,13 +109,14 @@ class Trainer:
     def fit(self) -> FitResult:
         self.check_against_the_vlm_config()
         self.prepare_accelerator()
+        self.resume_from = self.checkpoint_to_resume()  # refused here, before minutes of model loading
         self.load_models()
         self.select_trainable_groups()
         self.prepare_data()
         self.initialise_adapter_outputs()
         self.prepare_optimizer()
         self.prepare_distributed()
-        self.resume_if_requested()
+        self.resume()
         self.log_start()
         if self.global_step == 0:
             self.validate()
@@ -154,6 +155,8 @@ class Trainer:
         # FSDP and ZeRO-3 shard every parameter: their forward is a collective that every process runs.
         self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP or self.zero3
         set_seed(engine.seed)
+        optim = self.config.optim
+        self.global_batch = optim.batch_size * optim.gradient_accumulation_steps * self.accelerator.num_processes
         self.checkpoints = checkpoints_folder(self.output_dir)
         try:
             self.output_shared = output_is_shared(self.accelerator, self.output_dir)
@@ -259,7 +262,6 @@ class Trainer:
         self.lr_scheduler = get_scheduler(
             optim.lr_scheduler, self.optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=self.max_steps
         )
-        self.global_batch = optim.batch_size * optim.gradient_accumulation_steps * self.accelerator.num_processes
 
     def prepare_distributed(self) -> None:
         accelerator = self.accelerator
@@ -276,20 +278,30 @@ class Trainer:
         accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
-    def resume_if_requested(self) -> None:
+    def checkpoint_to_resume(self) -> tuple[Path, TrainerState] | None:
+        """--resume's checkpoint and its state, refused (naming the fix) where this run cannot continue it."""
         resume = self.config.resume
         if not resume:
-            return
+            return None
         checkpoint = latest_checkpoint(self.checkpoints) if resume == "latest" else Path(resume)
         if checkpoint is None:
             logger.info("--resume latest: no checkpoint in %s yet, starting from the beginning", self.checkpoints)
-            return
+            return None
         state = read_state(checkpoint)
         if state.stage != self.stage:
             start_from = (f" To start stage 2 from it, pass --init-from {checkpoint / ADAPTER_FILE_NAME} without --resume."
                           if self.stage == 2 else "")
             raise CheckpointError(f"{checkpoint} is a stage-{state.stage} checkpoint; this is stage {self.stage}.{start_from}")
         self.check_resumable_here(checkpoint, state)
+        return checkpoint, state
+
+    def resume(self) -> None:
+        if self.resume_from is None:
+            return
+        checkpoint, state = self.resume_from
+        if state.max_steps is not None and state.max_steps != self.max_steps:
+            logger.warning("%s was written by a run of %d steps; this one runs %d, so the LR schedule changes shape",
+                           checkpoint, state.max_steps, self.max_steps)
         load_checkpoint_state(self.accelerator, checkpoint)
         if not self.zero3:  # ZeRO-3's engine state restores its partitions of the trained weights
             trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
@@ -315,9 +327,6 @@ class Trainer:
                 "processes, or train with train/accelerate/ddp.yaml, whose checkpoints resume at any process count."
             )
         if state.global_batch is None or state.global_batch == self.global_batch:
-            if state.max_steps is not None and state.max_steps != self.max_steps:
-                logger.warning("%s was written by a run of %d steps; this one runs %d, so the LR schedule changes shape",
-                               checkpoint, state.max_steps, self.max_steps)
             return
         optim = self.config.optim
         accumulation, remainder = divmod(state.global_batch, optim.batch_size * processes)

@@ -146,3 +146,4 @@ def test_resume_with_another_global_batch_is_refused_naming_the_setting(runner, 
     assert result.returncode == EXIT_CONFIG_ERROR, result.stderr[-3000:]
     assert "global batch of 4 samples per step (2 processes); this run's is 2" in result.stderr
     assert "set --optim.gradient_accumulation_steps=2" in result.stderr
+    assert "Loaded VLM" not in result.stderr  # refused before the models load

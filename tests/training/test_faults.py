@@ -127,3 +127,4 @@ def test_resuming_stage_2_from_a_stage_1_checkpoint_names_init_from(runner, stag
     assert f"Cannot resume: {checkpoint} is a stage-1 checkpoint; this is stage 2. To start stage 2 from it, pass " \
            f"--init-from {checkpoint / ADAPTER_FILE_NAME} without --resume." in result.stderr
     assert "Traceback" not in result.stderr
+    assert "Loaded VLM" not in result.stderr  # refused before the models load
