@@ -44,6 +44,21 @@ def page(browser_context_factory):
     context.close()
 
 
+# The frontend is done starting once its own first graph (the default one on a fresh profile)
+# is the open workflow; a graph loaded before that is replaced by it (frontend 1.49 has
+# window.app and a graph ~0.2 s earlier).
+FRONTEND_STARTED = "() => !!(window.LiteGraph && window.app?.extensionManager?.workflow?.activeWorkflow)"
+
+
+@pytest.fixture
+def open_app(page):
+    """Opens ComfyUI's page at a URL and waits until the frontend has finished starting."""
+    def open_app_at(url: str):
+        page.goto(url)
+        page.wait_for_function(FRONTEND_STARTED, timeout=60_000)
+    return open_app_at
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

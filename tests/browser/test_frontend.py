@@ -3,13 +3,8 @@
 from tiny_graphs import PACK_NODE_IDS, tiny_story_page_graph
 
 
-def _open_app(page, url):
-    page.goto(url)
-    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60_000)
-
-
-def test_frontend_registers_pack_nodes(page, comfy_server, artifacts_dir):
-    _open_app(page, comfy_server.url)
+def test_frontend_registers_pack_nodes(page, open_app, comfy_server, artifacts_dir):
+    open_app(comfy_server.url)
     registered = page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
     assert {node_id for node_id in registered if node_id.startswith("M2Chat")} == PACK_NODE_IDS
     assert "KSampler" in registered
@@ -17,9 +12,9 @@ def test_frontend_registers_pack_nodes(page, comfy_server, artifacts_dir):
     assert not page.errors, page.errors
 
 
-def test_graph_queued_from_the_page_runs(page, comfy_server, artifacts_dir):
+def test_graph_queued_from_the_page_runs(page, open_app, comfy_server, artifacts_dir):
     """Queue an API-format graph through the page's own api client, as Run would."""
-    _open_app(page, comfy_server.url)
+    open_app(comfy_server.url)
     graph = tiny_story_page_graph(panels=2, filename_prefix="browser")
     prompt_id = page.evaluate(
         "async (graph) => (await window.app.api.queuePrompt(0, {output: graph, workflow: {}})).prompt_id",
@@ -30,11 +25,10 @@ def test_graph_queued_from_the_page_runs(page, comfy_server, artifacts_dir):
     assert "images" in entry["outputs"]["save_page"]
 
 
-def test_answer_and_caption_show_on_the_encode_node(page, comfy_server, artifacts_dir):
+def test_answer_and_caption_show_on_the_encode_node(page, open_app, comfy_server, artifacts_dir):
     from tiny_graphs import encode_graph
 
-    _open_app(page, comfy_server.url)
-    page.wait_for_function("() => window.app.extensionManager !== undefined")
+    open_app(comfy_server.url)
     graph = encode_graph("a paper boat", filename_prefix="browser-text")
     # Put the graph on the canvas so the page has an M2ChatEncode node with id "encode".
     page.evaluate("async (graph) => { await window.app.loadApiJson(graph, 'm2chat-test'); }", graph)

@@ -87,12 +87,13 @@ def _run_button(page):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda path: path.stem)
-def test_workflow_loads_and_runs_in_the_frontend(path, page, app_url, comfy_server, artifacts_dir):
+def test_workflow_loads_and_runs_in_the_frontend(path, page, open_app, app_url, comfy_server, artifacts_dir):
     workflow = json.loads(path.read_text())
-    page.goto(app_url)
-    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=60_000)
+    open_app(app_url)
     page.evaluate(LOAD, workflow)
 
+    on_canvas = page.evaluate("() => app.graph.nodes.map((node) => [String(node.id), node.type])")  # 1.49: "1"
+    assert sorted(on_canvas) == sorted([str(node["id"]), node["type"]] for node in workflow["nodes"])
     assert page.evaluate("() => window.missingNodeTypes") == []
     registered = page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
     assert {node["type"] for node in workflow["nodes"]} <= set(registered)
