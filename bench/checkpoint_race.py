@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from process_groups import run_launchers  # noqa: E402
+
 SLOW_RANK = 1
 SLOW_RANK_DELAY_S = 0.5  # a delay that makes the race (without the barrier) happen every time, not a limit
 TOTAL_LIMIT = 2
@@ -37,16 +40,10 @@ def launch(output_dir: Path, saves: int, disk: str, timeout: float) -> subproces
                    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     nodes = [["--nproc_per_node", "2"]] if disk == "shared" else [
         ["--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1"] for rank in range(2)]
-    agents = [
-        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *node, "--master_addr", "127.0.0.1",
-                          "--master_port", port, __file__, "--worker", str(output_dir), "--saves", str(saves),
-                          "--disk", disk],
-                         cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for node in nodes
-    ]
-    outputs = [agent.communicate(timeout=timeout) for agent in agents]
-    return subprocess.CompletedProcess(agents[0].args, max(agent.returncode for agent in agents),
-                                       "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
+    commands = [[sys.executable, "-m", "torch.distributed.run", *node, "--master_addr", "127.0.0.1",
+                 "--master_port", port, __file__, "--worker", str(output_dir), "--saves", str(saves), "--disk", disk]
+                for node in nodes]
+    return run_launchers(commands, timeout=timeout, cwd=REPO_ROOT, env=environment)
 
 
 def worker(output_dir: Path, saves: int, disk: str) -> None:

@@ -7,7 +7,6 @@ checkpoints hold no frozen weights, and resuming one ends where the uninterrupte
 
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import yaml
 from comfyui_env import HUNG_AFTER_S
 from harness.training import REPO_ROOT, assert_runs_took_the_same_steps, free_port
+from process_groups import run_launcher
 
 from train.checkpoints import CONFIG_FILE_NAME, list_checkpoints
 from train.trainer import DEFAULT_EXPORT_NAME
@@ -24,6 +24,18 @@ SHIPPED_CONFIGS = {stage: REPO_ROOT / "train" / "accelerate" / f"deepspeed_zero{
 # 12 dialogues, batch 2 x 2 processes: 3 steps, a checkpoint at step 2; a learning rate that
 # falls each step, so a schedule not applied under DeepSpeed (or not resumed) shows.
 RUN = ["--engine.checkpoint_every=2", "--optim.lr_scheduler=linear"]
+# DeepSpeed compiles its shared-memory op on first use; each venv keeps its own build (a
+# build shared by two venvs' include paths was recompiled at every switch, about a minute).
+EXTENSIONS = Path(sys.prefix) / "torch-extensions"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_stale_build_lock():
+    """A build killed part-way (an interrupted earlier test run in this venv) leaves torch's
+    build lock behind, and every later launch waits on it for ever. Only this module's
+    launches, one at a time, use this venv's folder, so a lock found before them is stale."""
+    for lock in EXTENSIONS.glob("*/lock"):
+        lock.unlink()
 
 
 def _on_cpu_processes(folder: Path, shipped: int, processes: int = 2, zero_stage: int | None = None) -> Path:
@@ -41,10 +53,8 @@ def _launch(runner, config: Path, stage: int, output_dir: Path, arguments: list[
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--main_process_port", free_port(), "-m", f"train.stage{stage}",
                *runner.overrides(stage, output_dir), *arguments]
-    # DeepSpeed compiles its shared-memory op on first use; each venv keeps its own build (a
-    # build shared by two venvs' include paths was recompiled at every switch, about a minute).
-    env = runner.launcher_env(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(Path(sys.prefix) / "torch-extensions"))
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
+    env = runner.launcher_env(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(EXTENSIONS))
+    return run_launcher(command, cwd=REPO_ROOT, env=env, timeout=HUNG_AFTER_S)
 
 
 def _launch_stage2(runner, config: Path, output_dir: Path, init_from: Path, extra: list[str] = ()):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from comfyui_env import HUNG_AFTER_S
 from harness.training import REPO_ROOT, assert_runs_took_the_same_steps, free_port
+from process_groups import run_launcher
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from m2chat_core.adapter_file import load_adapter_file
@@ -27,7 +28,7 @@ def _torchrun_stage1(runner, arguments: list[str], *, use_cpu: bool = True) -> s
                "--master_addr", "127.0.0.1", "--master_port", free_port(), "-m", "train.stage1", *arguments]
     # accelerate's multi-CPU (gloo) mode, or (use_cpu False) none.
     env = runner.launcher_env(**({"ACCELERATE_USE_CPU": "true"} if use_cpu else {}))
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
+    return run_launcher(command, cwd=REPO_ROOT, env=env, timeout=HUNG_AFTER_S)
 
 
 def test_two_process_stage1_trains_checkpoints_and_exports(runner, tmp_path):

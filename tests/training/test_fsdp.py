@@ -4,12 +4,12 @@ the same optimizer steps as one process on both batches, and the adapter file is
 from the gathered state. accelerate's FSDP path needs GPUs; this is the project's part of it."""
 
 import os
-import subprocess
 import sys
 import textwrap
 
 from comfyui_env import HUNG_AFTER_S
 from harness.training import REPO_ROOT, assert_same_steps, free_port
+from process_groups import run_launcher
 
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.gate import INITIAL_GATE_SCALE
@@ -76,7 +76,7 @@ def test_fully_sharded_adapter_trains_like_one_process_and_exports_gathered(tmp_
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", free_port(), str(script), str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=HUNG_AFTER_S)
+    result = run_launcher(command, cwd=REPO_ROOT, env=env, timeout=HUNG_AFTER_S)
     assert result.returncode == 0, result.stderr[-3000:]
     sharded = load_adapter_file(tmp_path / "sharded.safetensors").adapter_state
     reference = load_adapter_file(tmp_path / "reference.safetensors").adapter_state

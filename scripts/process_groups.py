@@ -1,0 +1,34 @@
+"""Distributed launchers (torchrun, accelerate launch) run to the end, each in a session of
+its own, so that a hung or interrupted run takes its worker processes down with it: killing
+only the launcher left its workers running on, orphaned, holding cores and ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+
+
+def run_launchers(commands: list[list[str]], *, timeout: float, shell: bool = False,
+                  **popen_arguments) -> subprocess.CompletedProcess:
+    """Start every command (e.g. one torchrun agent per simulated node), wait for all, and
+    return the first one's arguments, the worst exit status and their joined outputs. If a
+    wait passes `timeout` or is interrupted, every process of every group is killed."""
+    launchers = [subprocess.Popen(command, shell=shell, start_new_session=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, **popen_arguments) for command in commands]
+    try:
+        outputs = [launcher.communicate(timeout=timeout) for launcher in launchers]
+    except BaseException:
+        for launcher in launchers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+        raise
+    return subprocess.CompletedProcess(launchers[0].args, max(launcher.returncode for launcher in launchers),
+                                       "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
+
+
+def run_launcher(command: list[str] | str, *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
+    """`run_launchers` for one command."""
+    return run_launchers([command], timeout=timeout, **popen_arguments)

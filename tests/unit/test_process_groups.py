@@ -1,0 +1,49 @@
+"""A launcher that hangs past its timeout is killed with every worker it started: killing the
+launcher alone left the workers of a hung `accelerate launch` running on, orphaned."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from comfyui_env import HUNG_AFTER_S
+from process_groups import run_launcher
+
+# A launcher that starts a worker, says which, and waits for it (as torchrun does).
+LAUNCHER = """
+import subprocess, sys
+worker = subprocess.Popen(["sleep", "3600"])
+open(sys.argv[1], "w").write(str(worker.pid))
+worker.wait()
+"""
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_hung_launcher_is_killed_with_its_workers(tmp_path):
+    worker_pid = tmp_path / "worker.pid"
+    timeout = 1.0
+    while not worker_pid.exists():  # a longer wait each time, until the worker had started before the timeout
+        with pytest.raises(subprocess.TimeoutExpired):
+            run_launcher([sys.executable, "-c", LAUNCHER, str(worker_pid)], timeout=timeout)
+        timeout *= 2
+        assert timeout < HUNG_AFTER_S
+    pid = int(worker_pid.read_text())
+    # SIGKILL ends a sleeping process at once; a minute is far above the worst case, and a
+    # worker that was never signalled (the defect) sleeps on for an hour.
+    deadline = time.monotonic() + 60
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def test_a_finished_launcher_returns_its_status_and_outputs():
+    result = run_launcher([sys.executable, "-c", "import sys; print('out'); sys.exit('err')"], timeout=HUNG_AFTER_S)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "out\n", "err\n")
