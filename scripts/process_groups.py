@@ -10,13 +10,12 @@ import signal
 import subprocess
 
 
-def run_launchers(commands: list[list[str]], *, timeout: float, shell: bool = False,
-                  **popen_arguments) -> subprocess.CompletedProcess:
+def run_launchers(commands: list[list[str]], *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
     """Start every command (e.g. one torchrun agent per simulated node), wait for all, and
     return the first one's arguments, the worst exit status and their joined outputs. If a
     wait passes `timeout` or is interrupted, every process of every group is killed."""
-    launchers = [subprocess.Popen(command, shell=shell, start_new_session=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, **popen_arguments) for command in commands]
+    launchers = [subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, **popen_arguments) for command in commands]
     try:
         outputs = [launcher.communicate(timeout=timeout) for launcher in launchers]
     except BaseException:
@@ -29,6 +28,6 @@ def run_launchers(commands: list[list[str]], *, timeout: float, shell: bool = Fa
                                        "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
 
 
-def run_launcher(command: list[str] | str, *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
+def run_launcher(command: list[str], *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
     """`run_launchers` for one command."""
     return run_launchers([command], timeout=timeout, **popen_arguments)
