@@ -1,15 +1,17 @@
-"""Seeded tiny SDXL saved as a diffusers folder, for training tests and CPU demos.
+"""Seeded random SDXL saved as a diffusers folder: tiny, for training tests and CPU demos,
+or at SDXL base's real size, for the memory and speed checks of the paper's setup.
 
-Widths that are SDXL contracts stay real: CLIP-L hidden 768 and OpenCLIP-G hidden 1280
-(penultimate states concatenate to the 2048-wide UNet context), pooled text embeds
-1280, and the UNet's "text_time" embedding input 2816 = 1280 + 6 x 256. Everything
-else is as small as the blocks allow.
+Widths that are SDXL contracts stay real at every size: CLIP-L hidden 768 and OpenCLIP-G
+hidden 1280 (penultimate states concatenate to the 2048-wide UNet context), pooled text
+embeds 1280, and the UNet's "text_time" embedding input 2816 = 1280 + 6 x 256. The tiny
+size is otherwise as small as the blocks allow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,12 +59,47 @@ def train_clip_vocab(vocab_size: int = 1000) -> tuple[dict[str, int], list[tuple
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def _clip_text_config(vocab: dict[str, int], hidden_size: int, hidden_act: str) -> CLIPTextConfig:
+@dataclass(frozen=True)
+class SDXLSize:
+    """What differs between the tiny SDXL and SDXL base: the UNet's levels, the VAE's
+    widths and the text encoders' depth (their widths are the contract above)."""
+
+    unet_widths: tuple[int, ...]
+    unet_layers_per_block: int
+    unet_transformer_depths: tuple[int, ...]  # transformer blocks per level; 0: no cross-attention
+    unet_heads: tuple[int, ...]  # attention heads per level (diffusers' `attention_head_dim`, as SDXL's config)
+    unet_norm_groups: int
+    latent_size: int  # the UNet's `sample_size`: the image size / 8
+    vae_widths: tuple[int, ...]
+    vae_layers_per_block: int
+    vae_norm_groups: int
+    text_layers: tuple[int, int]  # CLIP-L, OpenCLIP-G
+    text_intermediate: tuple[int, int]
+
+
+TINY_SDXL = SDXLSize(
+    unet_widths=(32, 64), unet_layers_per_block=1, unet_transformer_depths=(0, 1), unet_heads=(2, 4),
+    unet_norm_groups=16, latent_size=8,  # 64 px images
+    vae_widths=(8, 16, 16, 16), vae_layers_per_block=1, vae_norm_groups=8,
+    text_layers=(2, 2), text_intermediate=(64, 64),  # the penultimate layer SDXL reads is the first one
+)
+# stable-diffusion-xl-base-1.0's architecture (its config files): UNet 2.57 B parameters, VAE 84 M,
+# text encoders 123 M and 695 M with CLIP's 49408-token vocabulary (fewer rows here).
+SDXL_BASE = SDXLSize(
+    unet_widths=(320, 640, 1280), unet_layers_per_block=2, unet_transformer_depths=(0, 2, 10),
+    unet_heads=(5, 10, 20), unet_norm_groups=32, latent_size=128,  # 1024 px images
+    vae_widths=(128, 256, 512, 512), vae_layers_per_block=2, vae_norm_groups=32,
+    text_layers=(12, 32), text_intermediate=(3072, 5120),
+)
+
+
+def _clip_text_config(vocab: dict[str, int], hidden_size: int, hidden_act: str, layers: int,
+                      intermediate_size: int) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=hidden_size,
-        intermediate_size=64,
-        num_hidden_layers=2,  # the penultimate layer SDXL reads is the first one
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
         num_attention_heads=hidden_size // 64,
         max_position_embeddings=CLIP_MAX_LENGTH,
         projection_dim=hidden_size,
@@ -73,17 +110,19 @@ def _clip_text_config(vocab: dict[str, int], hidden_size: int, hidden_act: str) 
     )
 
 
-def _unet() -> UNet2DConditionModel:
+def _unet(size: SDXLSize) -> UNet2DConditionModel:
+    cross_attention = [depth > 0 for depth in size.unet_transformer_depths]
     return UNet2DConditionModel(
-        sample_size=8,  # 64 px images through the x8 VAE
+        sample_size=size.latent_size,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        attention_head_dim=(2, 4),  # heads per level, as in SDXL's config
-        norm_num_groups=16,
+        down_block_types=tuple("CrossAttnDownBlock2D" if attends else "DownBlock2D" for attends in cross_attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if attends else "UpBlock2D" for attends in reversed(cross_attention)),
+        block_out_channels=size.unet_widths,
+        layers_per_block=size.unet_layers_per_block,
+        transformer_layers_per_block=tuple(max(depth, 1) for depth in size.unet_transformer_depths),
+        attention_head_dim=size.unet_heads,
+        norm_num_groups=size.unet_norm_groups,
         use_linear_projection=True,
         cross_attention_dim=CLIP_L_WIDTH + CLIP_G_WIDTH,
         addition_embed_type="text_time",
@@ -92,15 +131,15 @@ def _unet() -> UNet2DConditionModel:
     )
 
 
-def _vae() -> AutoencoderKL:
+def _vae(size: SDXLSize) -> AutoencoderKL:
     return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,  # four levels: SDXL's x8 downsampling
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(size.vae_widths),  # four levels: SDXL's x8 downsampling
+        up_block_types=("UpDecoderBlock2D",) * len(size.vae_widths),
+        block_out_channels=size.vae_widths,
+        layers_per_block=size.vae_layers_per_block,
         latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
+        norm_num_groups=size.vae_norm_groups,
+        sample_size=size.latent_size * 8,
         scaling_factor=SDXL_VAE_SCALING_FACTOR,
     )
 
@@ -117,6 +156,27 @@ def sdxl_base_scheduler() -> EulerDiscreteScheduler:
     )
 
 
+def sdxl_pipeline(size: SDXLSize = TINY_SDXL, device: str = "cpu") -> StableDiffusionXLPipeline:
+    """A random SDXL of `size`, drawn on `device` by the caller's RNG, with the CLIP tokenizers below."""
+    vocab, merges = train_clip_vocab()
+    with torch.device(device):  # the order of the draws is part of what a seed gives
+        vae = _vae(size)
+        text_encoder = CLIPTextModel(_clip_text_config(
+            vocab, CLIP_L_WIDTH, "quick_gelu", size.text_layers[0], size.text_intermediate[0]))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(
+            vocab, CLIP_G_WIDTH, "gelu", size.text_layers[1], size.text_intermediate[1]))
+        unet = _unet(size)
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH),
+        tokenizer_2=CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=CLIP_MAX_LENGTH),
+        unet=unet,
+        scheduler=sdxl_base_scheduler(),
+    )
+
+
 def build_tiny_sdxl_diffusers(out_dir: str | Path, *, seed: int = 0) -> Path:
     """Write a seeded tiny SDXL diffusers folder to `out_dir` and return its path.
 
@@ -129,18 +189,9 @@ def build_tiny_sdxl_diffusers(out_dir: str | Path, *, seed: int = 0) -> Path:
     seconds to build. Same seed, byte-identical files.
     """
     out_dir = Path(out_dir)
-    vocab, merges = train_clip_vocab()
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
         torch.manual_seed(seed)
-        pipeline = StableDiffusionXLPipeline(
-            vae=_vae(),
-            text_encoder=CLIPTextModel(_clip_text_config(vocab, CLIP_L_WIDTH, "quick_gelu")),
-            text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(vocab, CLIP_G_WIDTH, "gelu")),
-            tokenizer=CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH),
-            tokenizer_2=CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=CLIP_MAX_LENGTH),
-            unet=_unet(),
-            scheduler=sdxl_base_scheduler(),
-        )
+        pipeline = sdxl_pipeline()
     pipeline.save_pretrained(out_dir, safe_serialization=True)
     logger.info("Built tiny SDXL (seed %d) in %s", seed, out_dir)
     return out_dir

@@ -54,6 +54,9 @@ class VisionTower:
 
 
 DEFAULT_VISION = VisionTower()  # 32 px images, 8 px patches -> 16 image tokens
+# LLaVA-1.5's CLIP ViT-L/14 at 336 px: 576 image tokens, read at the penultimate layer.
+LLAVA_15_VISION = VisionTower(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
+                              num_layers=24, num_heads=16)
 NUM_IMAGE_TOKENS = DEFAULT_VISION.num_image_tokens
 
 # LLaVA-1.5's "USER: <image>\n... ASSISTANT: ...</s>" format, with text/image content parts.
@@ -87,6 +90,9 @@ PRESETS = {
     "tiny": TinyVLMPreset(64, 128, 4, 4, 2, torch.float32),
     # ~0.52B parameters, ~1.0 GB in bfloat16: the memory benchmark's stand-in for a 7B VLM.
     "bench-1gb": TinyVLMPreset(2048, 5632, 10, 16, 16, torch.bfloat16),
+    # LLaVA-1.5-7B's Vicuna-7B widths (6.5 B parameters with this tokenizer's vocabulary; 6.7 B
+    # with LLaMA's 32000 tokens): with LLAVA_15_VISION, the paper's VLM at real size, random.
+    "llava-1.5-7b": TinyVLMPreset(4096, 11008, 32, 32, 32, torch.bfloat16),
 }
 
 _WORDS = {  # slot -> choices; sentences are templates filled from these lists
@@ -248,6 +254,7 @@ def build_tiny_vlm(
     max_context: int = DEFAULT_MAX_CONTEXT,
     vision: VisionTower = DEFAULT_VISION,
     tokenizer: Tokenizer | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Write a seeded LLaVA-1.5-style VLM folder to `out_dir` and return its path.
 
@@ -258,14 +265,16 @@ def build_tiny_vlm(
     <pad> <image>` are ids 0-4) and a 32 px CLIP vision tower giving 16 image tokens;
     a caller may pass its own widths (a TinyVLMPreset), `vision` tower and `tokenizer`
     (with SPECIAL_TOKENS as ids 0-4). `max_context` is the language model's context in
-    tokens. Same seed, byte-identical files.
+    tokens. Same seed, byte-identical files. `device`: where the weights are drawn ("cuda"
+    for the 7B preset, many times faster than the CPU; its draws differ from the CPU's).
     """
     out_dir = Path(out_dir)
     tokenizer = tokenizer or train_byte_level_bpe()
     config = tiny_vlm_config(preset, vocab_size=tokenizer.get_vocab_size(), max_context=max_context, vision=vision)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config)
     model.to(_preset(preset).dtype).save_pretrained(out_dir)
     _processor(tokenizer, max_context, vision).save_pretrained(out_dir)
     logger.info("Built tiny VLM %r (seed %d) in %s", preset, seed, out_dir)
