@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from process_groups import run_launchers  # noqa: E402
+from process_groups import free_port, run_launchers  # noqa: E402
 
 SLOW_RANK = 1
 SLOW_RANK_DELAY_S = 0.5  # a delay that makes the race (without the barrier) happen every time, not a limit
@@ -33,9 +32,7 @@ TOTAL_LIMIT = 2
 
 def launch(output_dir: Path, saves: int, disk: str, timeout: float) -> subprocess.CompletedProcess:
     """One run of 2 processes: one torchrun agent, or one per simulated node (`--nnodes 2`)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = free_port()
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
                    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     nodes = [["--nproc_per_node", "2"]] if disk == "shared" else [

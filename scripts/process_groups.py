@@ -1,12 +1,14 @@
 """Distributed launchers (torchrun, accelerate launch) run to the end, each in a session of
 its own, so that a hung or interrupted run takes its worker processes down with it: killing
-only the launcher left its workers running on, orphaned, holding cores and ports."""
+only the launcher left its workers running on, orphaned, holding cores and ports. And a
+free port for their rendezvous."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 
 
@@ -31,3 +33,10 @@ def run_launchers(commands: list[list[str]], *, timeout: float, **popen_argument
 def run_launcher(command: list[str], *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
     """`run_launchers` for one command."""
     return run_launchers([command], timeout=timeout, **popen_arguments)
+
+
+def free_port() -> str:
+    """A free TCP port on 127.0.0.1 for a launcher's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])

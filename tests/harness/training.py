@@ -5,7 +5,6 @@ shared by the training tests and the ComfyUI tests that load the exported files.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,12 +108,6 @@ class StageRunner:
             self.command(stage, arguments), cwd=REPO_ROOT, env=self.env(), capture_output=True, text=True,
             timeout=timeout,
         )
-
-
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

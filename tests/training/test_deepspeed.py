@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from comfyui_env import HUNG_AFTER_S
-from harness.training import REPO_ROOT, assert_runs_took_the_same_steps, free_port
-from process_groups import run_launcher
+from harness.training import REPO_ROOT, assert_runs_took_the_same_steps
+from process_groups import free_port, run_launcher
 
 from train.checkpoints import CONFIG_FILE_NAME, list_checkpoints
 from train.trainer import DEFAULT_EXPORT_NAME

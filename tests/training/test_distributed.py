@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from comfyui_env import HUNG_AFTER_S
-from harness.training import REPO_ROOT, assert_runs_took_the_same_steps, free_port
-from process_groups import run_launcher
+from harness.training import REPO_ROOT, assert_runs_took_the_same_steps
+from process_groups import free_port, run_launcher
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from m2chat_core.adapter_file import load_adapter_file

@@ -8,8 +8,8 @@ import sys
 import textwrap
 
 from comfyui_env import HUNG_AFTER_S
-from harness.training import REPO_ROOT, assert_same_steps, free_port
-from process_groups import run_launcher
+from harness.training import REPO_ROOT, assert_same_steps
+from process_groups import free_port, run_launcher
 
 from m2chat_core.adapter_file import load_adapter_file
 from m2chat_core.gate import INITIAL_GATE_SCALE
