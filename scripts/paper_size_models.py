@@ -7,8 +7,9 @@ the paper's setup (issue 14: ZeRO-2 stage 1 at the paper's batch) are measured o
 
 About 14 GB (VLM, bfloat16) + 7 GB (SDXL, float16) on disk; drawn in float32 first, so
 the device needs about 45 GB free while the VLM is drawn and cast (a GPU draws them in
-seconds, 2 CPU cores in many minutes). The tokenizer is the tiny VLM's (about 940 tokens, not LLaMA's 32000; 0.25 B
-fewer embedding parameters) and the CLIP tokenizers the tiny SDXL's.
+seconds, 2 CPU cores in many minutes). The tokenizer is the tiny VLM's (about 940
+tokens, not LLaMA's 32000: 0.25 B fewer embedding parameters) and the CLIP tokenizers
+the tiny SDXL's.
 """
 
 from __future__ import annotations
