@@ -38,7 +38,7 @@ from paper_size_models import SDXL_FOLDER, VLM_FOLDER  # noqa: E402
 from paper_size_models import build as build_paper_size_models  # noqa: E402
 from process_groups import free_port, run_launcher  # noqa: E402
 
-from train.tiny_assets import build_tiny_assets, caption, draw, write_shard  # noqa: E402
+from train.tiny_assets import build_tiny_assets, captioned_pictures, write_shard  # noqa: E402
 
 STEPS = (3, 23)  # the difference must outweigh how much loading varies from run to run
 SAMPLE_EVERY_S = 0.2  # the memory sampler's period
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(0)
         shard = out / "shards" / "train-000000.tar"
         shard.parent.mkdir(parents=True, exist_ok=True)
-        write_shard(shard, [(text, draw(text, rng)) for text in
-                            (caption(rng) for _ in range(batch * processes * STEPS[1] + batch * processes))])
+        write_shard(shard, captioned_pictures(rng, batch * processes * (STEPS[1] + 1)))
         shards = [str(shard)]
     config["num_processes"] = processes
     accelerate_config = out / "zero2.yaml"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from train.world.comfyui import COMFYUI_PATH  # noqa: E402 - the one definition
 from train.world.layout import SHIPPED, WeightsLayout  # noqa: E402
+
+from process_groups import free_port  # noqa: E402 - beside this file in scripts/
 
 PACK_NAME = "m2chat"  # the folder name ComfyUI imports the pack under
 # Seconds before a subprocess, server start or queued graph counts as hung: far above the
@@ -43,21 +44,15 @@ def prepare_base_directory(base: Path, world: WeightsLayout = SHIPPED) -> Path:
     return base
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ComfyServer:
     def __init__(self, base_directory: Path, *, start_timeout: float = HUNG_AFTER_S):
         self.base_directory = base_directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base_directory / "server.log"
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", self.port,
              "--disable-auto-launch", "--base-directory", str(base_directory),
              "--database-url", f"sqlite:///{base_directory / 'user' / 'comfyui.db'}"],
             cwd=COMFYUI_PATH, stdout=self._log, stderr=subprocess.STDOUT)

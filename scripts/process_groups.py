@@ -36,7 +36,7 @@ def run_launcher(command: list[str], *, timeout: float, **popen_arguments) -> su
 
 
 def free_port() -> str:
-    """A free TCP port on 127.0.0.1 for a launcher's rendezvous."""
+    """A free TCP port on 127.0.0.1 (a launcher's rendezvous, a test server)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return str(sock.getsockname()[1])

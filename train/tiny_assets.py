@@ -49,6 +49,11 @@ def draw(text: str, rng: random.Random) -> Image.Image:
     return image
 
 
+def captioned_pictures(rng: random.Random, count: int) -> list[tuple[str, Image.Image]]:
+    """`count` (caption, picture) pairs for stage-1 shards."""
+    return [(text, draw(text, rng)) for text in (caption(rng) for _ in range(count))]
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -122,10 +127,9 @@ def build_tiny_assets(out_dir: str | Path, *, seed: int = 0) -> Path:
     shards = out_dir / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     for number in range(TRAIN_SHARDS):
-        pairs = [(text, draw(text, rng)) for text in (caption(rng) for _ in range(TRAIN_PAIRS_PER_SHARD))]
-        write_shard(shards / f"train-{number:06d}.tar", pairs, BAD_SAMPLES if number == 0 else ())
-    heldout = [(text, draw(text, rng)) for text in (caption(rng) for _ in range(HELDOUT_PAIRS))]
-    write_shard(shards / "heldout-000000.tar", heldout)
+        write_shard(shards / f"train-{number:06d}.tar", captioned_pictures(rng, TRAIN_PAIRS_PER_SHARD),
+                    BAD_SAMPLES if number == 0 else ())
+    write_shard(shards / "heldout-000000.tar", captioned_pictures(rng, HELDOUT_PAIRS))
     write_dialogue(out_dir / "dialogue", "train", 12, rng)
     write_dialogue(out_dir / "dialogue", "validation", 6, rng)
     logger.info("Built the tiny training assets in %s", out_dir)
