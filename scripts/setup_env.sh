@@ -126,6 +126,12 @@ if [ ! -f "$STAMP" ]; then
   if "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
     install_shim_if_needed torchvision
     install_shim_if_needed torchaudio
+    # DeepSpeed's CPU shared-memory op, compiled once here into the folder the DeepSpeed tests
+    # use, not inside their first launch. A lock there is from a compile killed part-way.
+    log "compiling deepspeed's CPU shared-memory op (about a minute)"
+    rm -f "$VENV"/torch-extensions/*/lock
+    DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR=$VENV/torch-extensions "$PY" -c \
+      "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None" >/dev/null
   fi
   "$PY" -c "import torchvision"  # fails here, not in ComfyUI, if a shim is needed and missing
   rm -f "$VENV"/.m2chat-setup-*

@@ -24,8 +24,8 @@ SHIPPED_CONFIGS = {stage: REPO_ROOT / "train" / "accelerate" / f"deepspeed_zero{
 # 12 dialogues, batch 2 x 2 processes: 3 steps, a checkpoint at step 2; a learning rate that
 # falls each step, so a schedule not applied under DeepSpeed (or not resumed) shows.
 RUN = ["--engine.checkpoint_every=2", "--optim.lr_scheduler=linear"]
-# DeepSpeed compiles its shared-memory op on first use; each venv keeps its own build (a
-# build shared by two venvs' include paths was recompiled at every switch, about a minute).
+# DeepSpeed's shared-memory op, compiled by the set-up into each venv's own folder (a build
+# shared by two venvs' include paths was recompiled at every switch, about a minute).
 EXTENSIONS = Path(sys.prefix) / "torch-extensions"
 
 
