@@ -65,6 +65,7 @@ from .faults import DataFault, LaunchFault, output_fault
 from .sharding import gathered_state_dict, whole_parameters
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
+from .precision import warn_if_bf16_is_emulated
 from .sdxl import FrozenEncoders, load_sdxl
 from .validation import evaluate
 from .vlm_training import enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
@@ -149,6 +150,7 @@ class Trainer:
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
         refuse_unsupported_deepspeed(self.accelerator)
+        warn_if_bf16_is_emulated(engine.mixed_precision, self.accelerator.device)
         self.zero3 = zero_stage(self.accelerator) == 3
         if self.zero3:
             load_models_whole()

@@ -36,7 +36,7 @@ from train.world.unet_training import POOL_FILE, train_unet
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("world-build")
     # As after an earlier run in the same process (a notebook, this suite): Accelerate's state is
-    # already set up, in another precision than the world's bf16 stages; they run in their own processes.
+    # already set up, maybe in another precision than the world's stages; they run in their own processes.
     Accelerator(cpu=True, mixed_precision="no")
     assert main(["build", "--out", str(out), "--schedule", "short"]) == 0
     return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ConfigError
+from ..precision import CPU_HAS_BF16_UNITS
 from .layout import SHIPPED, WeightsLayout
 from .loop import LoopSettings
 from .taesd import DECODER_FILE, ENCODER_FILE
@@ -48,7 +49,7 @@ class TrainingConfig:
     checkpoint_every: int = 100
     evaluate_every: int = 100
     eval_images: int = 256
-    bf16: bool = True  # bfloat16 autocast: this CPU has bf16 matrix units
+    bf16: bool = CPU_HAS_BF16_UNITS  # bfloat16 autocast, by default where the CPU has bf16 units
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "evaluate_every", "eval_images"):

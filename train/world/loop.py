@@ -36,8 +36,9 @@ LOG_NAME = "train.log"
 
 
 # Settings a run may change when it resumes: its length (the schedule follows the new
-# length) and how often it checkpoints and evaluates. Any other change needs a new run.
-CHANGEABLE_ON_RESUME = ("steps", "checkpoint_every", "evaluate_every")
+# length), how often it checkpoints and evaluates, and the precision it computes in (its
+# default depends on the CPU: train/precision.py). Any other change needs a new run.
+CHANGEABLE_ON_RESUME = ("steps", "checkpoint_every", "evaluate_every", "bf16")
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:

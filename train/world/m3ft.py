@@ -3,8 +3,9 @@
 Stages, each kept once finished (a killed run resumes the stage it was in from its last
 checkpoint): the M³FT data set (`data` at DATA_SIZES), the world SDXL as a diffusers folder,
 stage 1 and stage 2 as `python -m train.stage1` / `train.stage2` (a process each) with the recipe of
-train/configs/world_stage1.yaml and world_stage2.yaml (only paths overridden, and sizes on
-the "short" schedule), then the stage-2 adapter exported in float16 to <out>/ADAPTER_FILE.
+train/configs/world_stage1.yaml and world_stage2.yaml (only paths overridden, sizes on the
+"short" schedule, and float32 instead of bf16 on a CPU without bf16 units), then the stage-2
+adapter exported in float16 to <out>/ADAPTER_FILE.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..precision import CPU_HAS_BF16_UNITS
 from .comfyui import REPO
 from .config import DataConfig, DiffusersConfig, M3ftConfig
 from .layout import ADAPTER_FILE, WeightsLayout
@@ -29,6 +31,8 @@ DATA_SIZES = {"full": {"images": 2048, "dialogues": 512, "edits": 512, "stories"
 SHORT = ["--optim.max_steps", "2", "--optim.batch_size", "2", "--optim.warmup_steps", "0",
          "--engine.checkpoint_every", "2", "--engine.validate_every", "2", "--engine.log_every", "1"]
 SHORT_STAGE1 = ["--adapter.chosen_layers", "[-1]", "--adapter.width", "32", "--adapter.heads", "4"]
+# The recipe's bf16 only where the CPU computes it natively (train/precision.py); float32 elsewhere.
+FLOAT32 = ["--engine.mixed_precision", "no"]
 
 
 def run_m3ft(config: M3ftConfig) -> Path:
@@ -71,7 +75,7 @@ class StageRuns:
 
     def _common(self) -> list[str]:
         return ["--model.vlm", str(self.vlm), "--model.sdxl", str(self.out / "sdxl"), "--resume", "latest",
-                *(SHORT if self.short else [])]
+                *(SHORT if self.short else []), *([] if CPU_HAS_BF16_UNITS else FLOAT32)]
 
 
 def prepare_runs(config: M3ftConfig) -> StageRuns:
