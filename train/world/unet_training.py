@@ -94,7 +94,7 @@ class UnetTask:
         self.pool = ConditionPool.cached(Path(config.out) / POOL_FILE, identity,
                                          lambda: ConditionPool.encode(scenes, self.vae, self.clip))
         empty_context, empty_pooled = encode_captions(self.clip, [""])
-        self.empty = empty_context.to(torch.bfloat16), empty_pooled
+        self.empty = empty_context, empty_pooled
         self.alphas = alphas_cumprod()
         self.sizes = torch.cat([size_vector(1, size) for size in SIZE_IDS])
         eval_rng = random.Random(f"unet-eval:{config.seed}")
@@ -140,7 +140,7 @@ class UnetTask:
         """DDIM (eta 0) with classifier-free guidance against the empty caption; images in [0, 1]."""
         context, pooled = encode_captions(self.clip, [caption(scene) for scene in scenes])
         count = len(scenes)
-        negative = self.empty[0].float().expand(count, -1, -1), self.empty[1].expand(count, -1)
+        negative = self.empty[0].expand(count, -1, -1), self.empty[1].expand(count, -1)
         contexts = torch.cat([context, negative[0]])
         y = torch.cat([torch.cat([pooled, negative[1]]), self.sizes[:1].expand(2 * count, -1)], dim=1)
         generator = torch.Generator().manual_seed(seed)
