@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..config_loading import read_yaml
 from ..precision import CPU_HAS_BF16_UNITS
 from .comfyui import REPO
 from .config import DataConfig, DiffusersConfig, M3ftConfig
@@ -68,14 +69,19 @@ class StageRuns:
 
     def stage2(self, name: str, init_from: Path, extra: tuple[str, ...] = ()) -> Path:
         data = self.out / "data"
+        files = ", ".join(str(data / "train" / file) for file in stage2_train_files())
         return _stage_run(2, self.out / "runs" / name, [
-            *self._common(), "--init-from", str(init_from),
-            "--data.train", f"[{data}/train/dialogue.jsonl, {data}/train/editing.jsonl, {data}/train/stories.jsonl]",
+            *self._common(), "--init-from", str(init_from), "--data.train", f"[{files}]",
             "--data.validation", f"[{data}/test/dialogue.jsonl]", *extra])
 
     def _common(self) -> list[str]:
         return ["--model.vlm", str(self.vlm), "--model.sdxl", str(self.out / "sdxl"), "--resume", "latest",
                 *(SHORT if self.short else []), *([] if CPU_HAS_BF16_UNITS else FLOAT32)]
+
+
+def stage2_train_files() -> list[str]:
+    """The data set's files stage 2 trains on, as world_stage2.yaml names them (the recipe)."""
+    return [Path(path).name for path in read_yaml(STAGE_CONFIGS[2])["data"]["train"]]
 
 
 def prepare_runs(config: M3ftConfig) -> StageRuns:
