@@ -74,7 +74,10 @@ def test_stage2_lowers_text_loss_and_its_lora_deltas_reproduce_the_trained_vlm(r
     init_from = stage1[1].export_path
     trainer, result = _fit(runner, 2, tmp_path, [
         f"--init-from={init_from}", "--groups=[adapter, special_tokens, gate, projector, llm_lora]",
-        "--lora.rank=4", "--optim.lr=1e-2", "--optim.max_steps=36", "--optim.epochs=10",
+        # LoRA on the MLPs too, at 3e-3: the random tiny LLM's text loss then falls steadily (to ~0.8x in
+        # 36 steps); attention-only at 1e-2 plateaued near 0.9x and swung back up (machine-dependent).
+        "--lora.rank=4", "--lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
+        "--optim.lr=3e-3", "--optim.max_steps=36", "--optim.epochs=10",
         f"--data.validation=[{assets}/dialogue/train.jsonl]", "--engine.checkpoint_every=0", "--engine.report_to=none",
     ])
     first, last = result.validation[0]["text"], result.validation[result.global_step]["text"]
