@@ -75,7 +75,8 @@ def test_stage2_lowers_text_loss_and_its_lora_deltas_reproduce_the_trained_vlm(r
     trainer, result = _fit(runner, 2, tmp_path, [
         f"--init-from={init_from}", "--groups=[adapter, special_tokens, gate, projector, llm_lora]",
         # LoRA on the MLPs too, at 3e-3: the random tiny LLM's text loss then falls steadily (to ~0.8x in
-        # 36 steps); attention-only at 1e-2 plateaued near 0.9x and swung back up (machine-dependent).
+        # 36 steps); attention-only at 1e-2 plateaued near the 0.9x bound (one CI machine missed it) and,
+        # run longer, swung back up to the starting loss by step 42.
         "--lora.rank=4", "--lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
         "--optim.lr=3e-3", "--optim.max_steps=36", "--optim.epochs=10",
         f"--data.validation=[{assets}/dialogue/train.jsonl]", "--engine.checkpoint_every=0", "--engine.report_to=none",
