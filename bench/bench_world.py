@@ -26,6 +26,7 @@ scripts/world_graphs.py) is missed.
     .venv/bin/python bench/bench_world.py [--prompts 64] [--rows zero,caption,...]
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
+        [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from train.evaluate.clip_model import load_local_clip  # noqa: E402
 from train.world.files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
 from train.world.report import ABLATIONS, MISSED_TARGETS_EXIT  # noqa: E402
+from train.world.sdxl import SAMPLER_STEPS  # noqa: E402
 from train.world.training import load_judge  # noqa: E402
 
 
@@ -83,14 +85,15 @@ def table(figures: dict[str, dict[str, float]]) -> str:
 
 class FigureCache:
     """--cache DIR: each (task, row)'s figures in DIR/<task>/<row>.json with what they were
-    measured on (the row's key: case count, sha256 of the models and of the row's adapter);
+    measured on (the row's key: case count, KSampler steps, sha256 of the models and of the
+    row's adapter);
     a rerun measures only the rows that are missing or were measured on other files."""
 
     def __init__(self, directory: Path | None):
         self.directory = directory
 
     def keys(self, prompts: int, world: WeightsLayout, world_adapter: Path | None, extra: dict[str, Path],
-             rows: Iterable[str]) -> dict[str, dict | None]:
+             rows: Iterable[str], steps: int = SAMPLER_STEPS) -> dict[str, dict | None]:
         """Each row's key (hashing the models only where there is a cache to check them against):
         the adapter is the file the row reads (--adapter's, else the m2chat rows' own), None
         for the rows without one."""
@@ -104,7 +107,8 @@ class FigureCache:
                 return digest(extra[row])
             reads = encode_row(row)  # None for zero and caption; the fallback reads no adapter
             return own if reads and reads.adapter else None
-        return {row: {"prompts": prompts, "weights": models, "adapter": adapter(row)} for row in rows}
+        return {row: {"prompts": prompts, "steps": steps, "weights": models, "adapter": adapter(row)}
+                for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
         path = self.directory and self.directory / task / f"{row}.json"
@@ -144,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the tables here, one per task")
     parser.add_argument("--cache", type=Path, help="keep each row's figures here; a rerun measures only what is "
                                                    "missing or was measured on other models")
+    parser.add_argument("--steps", type=int, default=SAMPLER_STEPS,
+                        help="KSampler steps per picture (default: the tables' protocol; fewer for a quick look, "
+                             "whose figures are not comparable with the tables')")
     options = parser.parse_args(argv)
+    if options.steps < 1:
+        parser.error(f"--steps must be at least 1, got {options.steps}")
     # Stopped by a signal (a killed report): leave through `finally`, which stops the server.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     rows, tasks = options.rows.split(","), options.tasks.split(",")
@@ -154,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     clip = load_local_clip(world.clip, torch.device("cpu")) if world.clip.is_dir() else None
     conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
-    keys = cache.keys(options.prompts, world, options.world_adapter, extra, conditionings)
+    keys = cache.keys(options.prompts, world, options.world_adapter, extra, conditionings, options.steps)
+    measured_on = f"{options.prompts} held-out cases" + (
+        f", {options.steps} KSampler steps" if options.steps != SAMPLER_STEPS else "")
     figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
         try:
@@ -166,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                     found = cache.get(task, row, keys[row])
                     if found is None:
                         server = server or _start_server(Path(base), world, options.world_adapter, extra)
-                        found = cache.put(task, row, keys[row], measure(server, judge, conditioning, cases, clip))
+                        found = cache.put(task, row, keys[row],
+                                          measure(server, judge, conditioning, cases, clip, options.steps))
                     figures[task][row] = found
-                print(f"{task}, {options.prompts} held-out cases:\n{table(figures[task])}\n", flush=True)
+                print(f"{task}, {measured_on}:\n{table(figures[task])}\n", flush=True)
         finally:
             if server:
                 server.stop()
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(figures, indent=2) + "\n")
     if options.markdown:
         with atomic_path(options.markdown) as path:
-            path.write_text("".join(f"**{task}** ({options.prompts} held-out cases)\n\n{table(task_figures)}\n\n"
+            path.write_text("".join(f"**{task}** ({measured_on})\n\n{table(task_figures)}\n\n"
                                     for task, task_figures in figures.items()))
     missed = missed_targets(figures.get("text_to_image", {}))
     for line in missed:

@@ -37,10 +37,8 @@ from train.world.language import caption, edit_instruction, parse_caption, reque
 from train.world.layout import ADAPTER_FILE, VLM_NAME
 from train.world.render import render
 from train.world.scenes import Scene, apply_edit, edit_start, random_edit, random_scene
-from train.world.sdxl import TEXT_ENCODER_SEED, UNET_FILE
+from train.world.sdxl import GUIDANCE, SAMPLER_STEPS, TEXT_ENCODER_SEED, UNET_FILE
 from train.world.vocabulary import IMAGE_SIZE
-
-STEPS, GUIDANCE = 20, 5.0  # KSampler: euler, normal schedule
 
 
 @dataclass(frozen=True)
@@ -88,8 +86,8 @@ ROW_LABELS = {  # the rows as the paper's tables name them; "stage1": a stage-1 
 
 
 def _sampled(positive: list, negative: list, seed: int, prefix: str) -> dict:
-    graph = native_sdxl_graph(positive, negative, width=IMAGE_SIZE, height=IMAGE_SIZE, seed=seed, steps=STEPS,
-                              filename_prefix=prefix, unet_name=UNET_FILE)
+    graph = native_sdxl_graph(positive, negative, width=IMAGE_SIZE, height=IMAGE_SIZE, seed=seed,
+                              steps=SAMPLER_STEPS, filename_prefix=prefix, unet_name=UNET_FILE)
     graph["sampler"]["inputs"]["cfg"] = GUIDANCE
     graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": TEXT_ENCODER_SEED}}
     return graph
@@ -144,6 +142,14 @@ def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | 
             graph[f"save{turn}"] = {"class_type": "SaveImage",
                                     "inputs": {"images": [f"decode{turn}", 0], "filename_prefix": prefix}}
             image, session = [f"decode{turn}", 0], [encode, 4]
+    return graph
+
+
+def with_sampler_steps(graph: dict, steps: int) -> dict:
+    """`graph` with every KSampler at `steps` steps (SAMPLER_STEPS is the tables' protocol)."""
+    for node in graph.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
     return graph
 
 
@@ -266,7 +272,8 @@ def story_graph(row: EncodeRow, case: StoryCase, seed: int) -> dict:
     return graph
 
 
-def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase]) -> dict[str, float]:
+def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase],
+                    steps: int = SAMPLER_STEPS) -> dict[str, float]:
     """Each premise drawn as a story (seed = its index), every panel read by the judge:
     caption_followed  panels showing exactly what their caption says (every attribute; a
                       caption that is not a canonical one counts as not followed);
@@ -274,7 +281,8 @@ def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase]
     consistent        stories whose panels all show one object of the same shape (a story
                       recolours, resizes and moves its object, never reshapes it)."""
     followed, first, consistent = [], [], []
-    stories = run_graphs(server, [story_graph(row, case, seed) for seed, case in enumerate(cases)])
+    stories = run_graphs(server, [with_sampler_steps(story_graph(row, case, seed), steps)
+                                  for seed, case in enumerate(cases)])
     for case, outputs in zip(cases, stories, strict=True):
         captions = outputs["captions"]["text"][0].split("\n")
         seen = read_scenes(judge, to_tensor(_open(saved(server, outputs))))
@@ -302,17 +310,17 @@ def graph_for(conditioning: str | EncodeRow, case: Case, seed: int, source_image
 
 
 def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Case] | list[StoryCase],
-            clip: LocalCLIP | None = None) -> dict[str, float]:
+            clip: LocalCLIP | None = None, steps: int = SAMPLER_STEPS) -> dict[str, float]:
     """Draw every case (seed = its index) with one conditioning (a CONDITIONINGS name, or an
     EncodeRow); the judge's accuracy and, where the VLM wrote captions (M2ChatEncode rows),
     their BLEU-1 and ROUGE-L against the reference caption of the scene, as fractions, and
     for dialogues, with `clip`, their InterRel (dialogue_inter_rel).
-    Stories: measure_stories (M2Chat rows only)."""
+    Stories: measure_stories (M2Chat rows only). KSampler at `steps` steps."""
     if cases and isinstance(cases[0], StoryCase):
-        return measure_stories(server, judge, encode_row(conditioning), cases)
+        return measure_stories(server, judge, encode_row(conditioning), cases, steps)
     sources = [input_picture(server.base_directory, case.source, f"world-source-{seed:04d}.png").name
                if case.source is not None else None for seed, case in enumerate(cases)]  # the pictures to edit
-    drawn = run_graphs(server, [graph_for(conditioning, case, seed, source)
+    drawn = run_graphs(server, [with_sampler_steps(graph_for(conditioning, case, seed, source), steps)
                                 for seed, (case, source) in enumerate(zip(cases, sources, strict=True))])
     pictures = [saved(server, outputs)[0] for outputs in drawn]
     captions = [_caption_shown(outputs) for outputs in drawn]
@@ -368,7 +376,7 @@ def world_workflow(api_prompt: dict, texts: tuple[str, ...], source_image: str |
     """A shared workflow (API format) on the world's models: its checkpoint swapped for the
     world's SDXL parts, its VLM and adapter for the world's, the texts of its M2Chat nodes for
     `texts` (one per node, in node order), its LoadImage's picture for `source_image` (a file
-    in ComfyUI's input folder), sizes for the world's, KSampler at STEPS and GUIDANCE."""
+    in ComfyUI's input folder), sizes for the world's, KSampler at SAMPLER_STEPS and GUIDANCE."""
     prompt = copy_prompt(api_prompt)
     chat_nodes = chat_node_ids(prompt)
     if len(chat_nodes) != len(texts):
@@ -385,7 +393,7 @@ def world_workflow(api_prompt: dict, texts: tuple[str, ...], source_image: str |
         elif node["class_type"] == "EmptyLatentImage":
             inputs.update(width=IMAGE_SIZE, height=IMAGE_SIZE)
         elif node["class_type"] == "KSampler":
-            inputs.update(steps=STEPS, cfg=GUIDANCE)
+            inputs.update(steps=SAMPLER_STEPS, cfg=GUIDANCE)
         elif node["class_type"] == "M2ChatStoryboard":
             inputs.update(title=texts[0])
         elif node["class_type"] == "LoadImage" and source_image:

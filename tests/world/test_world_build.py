@@ -116,8 +116,9 @@ def test_a_unet_run_starts_from_given_weights_and_saves_their_moving_average(bui
 
 
 def _report(built: Path) -> int:
+    # 2 KSampler steps instead of the tables' 20: the short build's pictures are not what is checked.
     return main(["report", "--out", str(built), "--weights", str(built / "weights"), "--schedule", "short",
-                 "--prompts", "1"])
+                 "--prompts", "1", "--sampler-steps", "2"])
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_report_trains_the_ablations_and_measures_every_row_through_the_server(r
     text_to_image = markdown.split("\n\n**")[0]  # rows in the paper's order, the --adapter rows included
     assert (text_to_image.index("| (a) zero") < text_to_image.index("| (d) M²Chat, stage 1 |")
             < text_to_image.index("| (e) M²Chat, stage 1 + 2 |") < text_to_image.index("| ablation:"))
-    assert "**multimodal_dialogue** (1 held-out cases)" in markdown
+    assert "**multimodal_dialogue** (1 held-out cases, 2 KSampler steps)" in markdown  # not the tables' protocol
 
 
 def test_a_rerun_of_the_report_measures_again_only_what_is_missing_and_gets_the_same_table(reported):
@@ -200,7 +201,8 @@ def test_unet_training_without_comfyui_says_where_to_get_it(tmp_path):
 
 def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path):
     """The m2chat rows' adapter named explicitly or read from the weights folder is the same
-    key (no measuring again); rows without an adapter do not depend on it."""
+    key (no measuring again); rows without an adapter do not depend on it; every row depends on the
+    KSampler steps."""
     spec = importlib.util.spec_from_file_location("bench_world", REPO / "bench" / "bench_world.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -212,3 +214,5 @@ def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path)
     other = cache.keys(64, world, stage1, {"stage1": stage1}, rows)
     assert [row for row in rows if other[row] != implicit[row]] == ["m2chat", "m2chat_gate0"]
     assert implicit["stage1"]["adapter"] == other["m2chat"]["adapter"] != implicit["m2chat"]["adapter"]
+    fewer_steps = cache.keys(64, world, None, {"stage1": stage1}, rows, steps=2)  # figures of another protocol
+    assert all(fewer_steps[row] != implicit[row] for row in rows)

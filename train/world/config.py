@@ -10,6 +10,7 @@ from ..config import ConfigError
 from ..precision import CPU_HAS_BF16_UNITS
 from .layout import SHIPPED, WeightsLayout
 from .loop import LoopSettings
+from .sdxl import SAMPLER_STEPS
 from .taesd import DECODER_FILE, ENCODER_FILE
 from .vocabulary import GRID
 
@@ -221,10 +222,12 @@ class ReportConfig(M3ftConfig):
     ComfyUI server on --prompts held-out cases per task: --out/results.json and results.md."""
 
     prompts: int = 64  # held-out cases per task, the same for every row
+    sampler_steps: int = SAMPLER_STEPS  # KSampler steps per picture: the tables' protocol (fewer: a quick look)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.prompts > 0, "prompts", f"must be > 0, got {self.prompts}.")
+        _check(self.sampler_steps > 0, "sampler_steps", f"must be > 0, got {self.sampler_steps}.")
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def write_report(config: ReportConfig) -> Path:
 
 def _measure(config: ReportConfig, adapter: Path, rows: dict[str, Path], out: Path) -> None:
     """bench/bench_world.py on the report's models: its own adapter in the m2chat rows, one row per other file."""
-    command = [sys.executable, str(BENCH), "--prompts", str(config.prompts), "--weights", config.weights,
+    command = [sys.executable, str(BENCH), "--prompts", str(config.prompts), "--steps", str(config.sampler_steps),
+               "--weights", config.weights,
                "--world-adapter", str(adapter), *(f"--adapter={row}={file}" for row, file in rows.items()),
                "--json", str(out / RESULTS_JSON), "--markdown", str(out / RESULTS_MARKDOWN),
                "--cache", str(out / MEASURED)]

@@ -47,6 +47,10 @@ WORLD_UNET_CONFIG = {
 DETECTION_KEYS = ("model_channels", "transformer_depth", "context_dim", "adm_in_channels",
                   "use_linear_in_transformer", "use_temporal_attention")
 
+# How the world's pictures are drawn through ComfyUI (the tables' protocol): KSampler
+# euler / normal schedule, this many steps, this classifier-free guidance.
+SAMPLER_STEPS, GUIDANCE = 20, 5.0
+
 # SDXL's noise schedule (scaled linear betas, 1000 steps), as ComfyUI's ModelSamplingDiscrete.
 TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 0.00085, 0.012
