@@ -5,6 +5,7 @@ default reduction, in the order gradients arrive, got them wrong by 1e-3 without
 ZeRO-3 stopped with a collective mismatch where only one process had pictures); its
 checkpoints hold no frozen weights, and resuming one ends where the uninterrupted run does."""
 
+import random
 import re
 import shutil
 import sys
@@ -18,6 +19,7 @@ from harness.training import REPO_ROOT, assert_runs_took_the_same_steps
 from process_groups import free_port, run_launcher
 
 from train.checkpoints import CONFIG_FILE_NAME, list_checkpoints
+from train.tiny_assets import BAD_SAMPLES, captioned_pictures, write_shard
 from train.trainer import DEFAULT_EXPORT_NAME
 
 SHIPPED_CONFIGS = {stage: REPO_ROOT / "train" / "accelerate" / f"deepspeed_zero{stage}.yaml" for stage in (2, 3)}
@@ -154,8 +156,12 @@ def test_zero_stage_1_is_refused_before_loading_anything_naming_the_configs(runn
 def test_zero3_stage1_through_skipped_samples_takes_the_same_steps_as_one_process(runner, tmp_path):
     """Batches of one sample: where a process's sample was skipped, it had no forward to run
     while the other's gathered the sharded parameters (the run hung); it now runs its last
-    batch again with weight 0. The first 11 steps, through the assets' first bad sample."""
-    batches = ["--optim.batch_size=1", "--optim.max_steps=11", "--engine.checkpoint_every=5"]
+    batch again with weight 0. An epoch of 3 good samples and a bad one: 2 steps, one of
+    them with a process whose batch is empty."""
+    shard = tmp_path / "one-bad-000000.tar"
+    write_shard(shard, captioned_pictures(random.Random(0), 3), BAD_SAMPLES[:1])
+    batches = [f"--data.train=[{shard}]", "--optim.batch_size=1", "--optim.max_steps=2",
+               "--engine.checkpoint_every=1"]
     sharded = _launch(runner, _on_cpu_processes(tmp_path, 3), 1, tmp_path / "zero3", batches)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "Skipped 1 bad samples in training" in sharded.stderr  # with batches of 1: a batch without samples
@@ -163,7 +169,7 @@ def test_zero3_stage1_through_skipped_samples_takes_the_same_steps_as_one_proces
     assert one.returncode == 0, one.stderr[-3000:]
     # With batches of one sample, ZeRO-3's reduce-scatter sums each gradient in another order than one
     # process's accumulation, and AdamW divides each step by the gradient's size: where that is near
-    # zero the rounding reaches the weights, 3.6e-5 apart after these 11 steps on an AMD EPYC (under
+    # zero the rounding reaches the weights, 3.6e-5 apart after 11 such steps on an AMD EPYC (under
     # 1e-5 on Intel). A step lost, doubled or computed wrong moves them by about the learning rate
-    # (1e-3; 9e-4 between steps 10 and 11), so a tenth of it still tells the runs apart.
+    # (1e-3), so a tenth of it still tells the runs apart.
     assert_runs_took_the_same_steps(tmp_path / "zero3", tmp_path / "one", atol=1e-4)
