@@ -70,7 +70,8 @@ def test_two_launched_processes_never_train_as_two_separate_runs(runner, tmp_pat
     a run of its own (1.15 on a CPU machine), they would overwrite each other's output
     folder: refused, naming the fix. Where it joins them into one 2-process run (1.10), that
     run is fine: its checkpoints record 2 processes."""
-    result = _torchrun_stage1(runner, runner.overrides(1, tmp_path / "run"), use_cpu=False)
+    result = _torchrun_stage1(runner, [*runner.overrides(1, tmp_path / "run"), "--optim.max_steps=1",
+                                       "--engine.checkpoint_every=1"], use_cpu=False)
     if result.returncode == 0:
         newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
         assert json.loads((newest / "trainer_state.json").read_text())["num_processes"] == 2
