@@ -112,10 +112,10 @@ class UnetTask:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
         index = torch.randint(len(self.pool.latents), (self.config.batch_size,), generator=generator)
+        # Indexing with a tensor copies, so the batch's rows can be overwritten without touching the pool.
         latents, context, pooled = self.pool.latents[index], self.pool.contexts[index].float(), self.pool.pooled[index]
         drop = torch.rand(len(index), generator=generator) < self.config.uncond_probability
         if drop.any():  # classifier-free guidance: learn the unconditional prediction too
-            context, pooled = context.clone(), pooled.clone()
             context[drop], pooled[drop] = self._unconditional(int(drop.sum()), generator)
         timesteps = torch.randint(len(self.alphas), (len(index),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
