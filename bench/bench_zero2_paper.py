@@ -12,8 +12,10 @@ costs: DeepSpeed's op builds, the first read of the weights), then for STEPS[0] 
 STEPS[1] optimizer steps, each from launch to exit. Its own clock gives
 samples/s = batch × processes × (STEPS[1] − STEPS[0]) / (t₁ − t₀), so loading the models,
 starting the engine and the final checkpoint cancel out; its own sampler of `nvidia-smi`
-gives the peak memory per GPU (not measured on CPU). The cache of the frozen SDXL outputs
-is off, so every step runs the text encoders and the VAE too.
+gives the peak memory per GPU (not measured on CPU). The models are drawn in a process of
+their own, so the GPU is empty when the runs start. The cache of the frozen SDXL outputs
+is off, so every step runs the text encoders and the VAE too. Each run's output is in
+OUT/run-N/launch.log.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "scripts")]
 from comfyui_env import HUNG_AFTER_S  # noqa: E402
 from paper_size_models import SDXL_FOLDER, VLM_FOLDER  # noqa: E402
-from paper_size_models import build as build_paper_size_models  # noqa: E402
 from process_groups import free_port, run_launcher  # noqa: E402
 
 from train.tiny_assets import build_tiny_assets, captioned_pictures, write_shard  # noqa: E402
@@ -69,7 +70,18 @@ class PeakGPUMemory:
                 self.peak[name] = max(self.peak.get(name, 0.0), float(used) / 1024)
 
 
-def _launch(arguments: list[str], config: Path, env: dict[str, str], on_gpu: bool) -> tuple[float, dict[str, float]]:
+def _gpu_names() -> list[str]:
+    """The visible GPUs' names, from nvidia-smi (so this process never holds GPU memory)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _launch(arguments: list[str], config: Path, env: dict[str, str], log: Path,
+            on_gpu: bool) -> tuple[float, dict[str, float]]:
     """Seconds from launch to exit, and the peak memory per GPU (none on CPU)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                "--main_process_port", free_port(), "-m", "train.stage1", *arguments]
@@ -77,8 +89,9 @@ def _launch(arguments: list[str], config: Path, env: dict[str, str], on_gpu: boo
     with PeakGPUMemory() if on_gpu else contextlib.nullcontext() as memory:
         result = run_launcher(command, timeout=HUNG_AFTER_S, cwd=REPO_ROOT, env=env)
     seconds = time.perf_counter() - start
+    log.write_text(result.stdout + result.stderr)
     if result.returncode:
-        sys.exit(f"train.stage1 failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        sys.exit(f"train.stage1 failed (exit {result.returncode}, output in {log}):\n{result.stderr[-4000:]}")
     return seconds, memory.peak if on_gpu else {}
 
 
@@ -99,16 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         config.update(use_cpu=True, mixed_precision="no")
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     else:
-        import torch
-
-        processes, batch, stage_config = torch.cuda.device_count(), 8, "paper_stage1.yaml"
-        if not processes:
-            sys.exit("No GPU is visible; run with --tiny for the CPU check.")
-        device = f"{processes} x {torch.cuda.get_device_name(0)}"
+        gpus = _gpu_names()
+        if not gpus:
+            sys.exit("No GPU is visible (nvidia-smi lists none); run with --tiny for the CPU check.")
+        processes, batch, stage_config = len(gpus), 8, "paper_stage1.yaml"
+        device = f"{processes} x {gpus[0]}"
         models = out / "models"
         if not (models / "done").exists():
-            build_paper_size_models(models, "cuda")
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "paper_size_models.py"), str(models),
+                            "--device", "cuda"], check=True, env=env, timeout=HUNG_AFTER_S)
             (models / "done").touch()
+            print(f"drew the paper-size models in {time.perf_counter() - start:.0f} s", flush=True)
         vlm, sdxl = models / VLM_FOLDER, models / SDXL_FOLDER
         rng = random.Random(0)
         shard = out / "shards" / "train-000000.tar"
@@ -123,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     for steps in (1, *STEPS):  # the first: the warm-up
         run_dir = out / f"run-{steps}"
         shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
         runs[steps] = _launch(
             ["--config", str(REPO_ROOT / "train" / "configs" / stage_config), f"--model.vlm={vlm}",
              f"--model.sdxl={sdxl}", f"--data.train=[{','.join(shards)}]", "--data.validation=[]",
              f"--optim.max_steps={steps}", "--optim.epochs=1000", "--cache.enabled=false",
-             f"--engine.output_dir={run_dir}", "--engine.checkpoint_every=0"],
-            accelerate_config, env, on_gpu=not arguments.tiny)
+             f"--engine.output_dir={run_dir}", "--engine.checkpoint_every=0",
+             f"--engine.export_path={run_dir / 'm2chat-stage1.safetensors'}"],
+            accelerate_config, env, run_dir / "launch.log", on_gpu=not arguments.tiny)
+        print(f"run of {steps} step(s): {runs[steps][0]:.1f} s", flush=True)
     (t0, _), (t1, peak) = runs[STEPS[0]], runs[STEPS[1]]
     samples_per_s = batch * processes * (STEPS[1] - STEPS[0]) / (t1 - t0)
     print(f"ZeRO-2 stage 1 on {device}, batch {batch} per process:")
