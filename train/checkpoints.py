@@ -2,8 +2,11 @@
 
 A checkpoint holds accelerate's state (optimizer, LR scheduler, RNG states, sampler),
 the trained weights as an adapter file (adapter + VLM deltas, the same format as the
-export), `trainer_state.json` and the run's `config.yaml`. It is written into a hidden
-staging folder and renamed into place when complete, so a killed run never leaves a
+export), `trainer_state.json` and the run's `config.yaml`. Under FSDP accelerate would
+save the whole sharded model (the frozen VLM and SDXL too), so it saves only the
+scheduler, sampler and RNG states, and the optimizer state goes in whole, keyed by
+parameter name (`fsdp_optimizer.bin`): it resumes at any process count. It is written
+into a hidden staging folder and renamed into place when complete, so a killed run never leaves a
 half-written `checkpoint-*`; leftover staging folders are removed on the next start. A
 save that fails (a full disk, a read-only folder) removes its staging folder and raises
 OutputFault saying what to do.
@@ -20,16 +23,18 @@ only works with its in-place automatic naming, which cannot be atomic).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 ADAPTER_FILE_NAME = "m2chat-adapter.safetensors"
 STATE_FILE_NAME = "trainer_state.json"
 CONFIG_FILE_NAME = "config.yaml"
+FSDP_OPTIMIZER_FILE_NAME = "fsdp_optimizer.bin"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _STAGING_PREFIX = ".staging-"
 
@@ -137,7 +143,8 @@ def save_checkpoint(
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging), **_without_frozen_weights(accelerator, loading=False))
+        with _fsdp_model_kept_from_accelerate(accelerator):
+            accelerator.save_state(str(staging), **_without_frozen_weights(accelerator, loading=False))
         if writer:
             write_files(staging)
             (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
@@ -161,8 +168,35 @@ def save_checkpoint(
 
 
 def load_checkpoint_state(accelerator: Accelerator, checkpoint: Path) -> None:
-    """accelerate's state of `checkpoint` (optimizer, scheduler, sampler, RNG states)."""
-    accelerator.load_state(str(checkpoint), **_without_frozen_weights(accelerator, loading=True))
+    """accelerate's state of `checkpoint` (optimizer, scheduler, sampler, RNG states; under
+    FSDP no optimizer: `read_fsdp_optimizer_state`)."""
+    with _fsdp_model_kept_from_accelerate(accelerator):
+        accelerator.load_state(str(checkpoint), **_without_frozen_weights(accelerator, loading=True))
+
+
+def write_fsdp_optimizer_state(folder: Path, state: dict) -> None:
+    torch.save(state, folder / FSDP_OPTIMIZER_FILE_NAME)
+
+
+def read_fsdp_optimizer_state(checkpoint: Path) -> dict:
+    # Tensors, numbers and names only: weights_only refuses anything else, so nothing is unpickled.
+    return torch.load(checkpoint / FSDP_OPTIMIZER_FILE_NAME, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def _fsdp_model_kept_from_accelerate(accelerator: Accelerator) -> Iterator[None]:
+    """Under FSDP, hide the model and optimizer from accelerate's save_state/load_state: it
+    would write the whole model, frozen weights included, and the optimizer sharded by
+    process count. The trainer writes both instead (the adapter file, fsdp_optimizer.bin)."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        yield
+        return
+    models, optimizers = accelerator._models, accelerator._optimizers
+    accelerator._models, accelerator._optimizers = [], []
+    try:
+        yield
+    finally:
+        accelerator._models, accelerator._optimizers = models, optimizers
 
 
 def _without_frozen_weights(accelerator: Accelerator, *, loading: bool) -> dict[str, bool]:

@@ -108,13 +108,3 @@ def register_parameters_read_outside_modules(model: torch.nn.Module, parameters:
     for parameter in parameters:
         register_external_parameter(model, parameter)
 
-
-def parameter_count(parameter: torch.nn.Parameter) -> int:
-    """Elements of the whole parameter, also when ZeRO-3 holds only a partition here."""
-    return int(getattr(parameter, "ds_numel", parameter.numel()))
-
-
-def partition_sizes(model: torch.nn.Module) -> tuple[int, int]:
-    """(elements this process holds, elements of the whole parameters) of a ZeRO-3 model."""
-    parameters = list(model.parameters())
-    return sum(parameter.ds_tensor.numel() for parameter in parameters), sum(map(parameter_count, parameters))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from m2chat_core.adapter import M3Adapter, M3AdapterOutput
 from m2chat_core.losses import alignment_loss, diffusion_loss, stage1_loss, stage2_loss, text_loss
@@ -144,8 +145,13 @@ class M3FTModel(nn.Module):
         return {"total": total, **losses.terms, "gate": adapted.gate.mean().detach()}
 
     def every_trained_parameter_touched(self) -> torch.Tensor:
-        """0, with a (zero) gradient path to every trainable parameter."""
-        return sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad) * 0.0
+        """0, with a (zero) gradient path to every trainable parameter. Under FSDP a layer
+        sharded on its own holds its parameters as DTensor shards outside its forward; those
+        layers (the adapter's blocks, the VLM's decoder layers) run on every process at every
+        step, so their parameters have gradients already and are left out."""
+        touched = [parameter.sum() for parameter in self.parameters()
+                   if parameter.requires_grad and not isinstance(parameter, DTensor)]
+        return sum(touched) * 0.0
 
     def unet_loss(self, adapted: M3AdapterOutput, targets: DiffusionTargets) -> torch.Tensor:
         """Eq. 5 on the frozen UNet's prediction, Eq. 4: h_unet = θ_unet(δ_noise(I, t), h_align, h_palign, t)."""

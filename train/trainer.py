@@ -38,15 +38,18 @@ from .adapter_init import adapter_from_file, check_chosen_layers, mean_caption_t
 from .checkpoints import (
     ADAPTER_FILE_NAME,
     CONFIG_FILE_NAME,
+    FSDP_OPTIMIZER_FILE_NAME,
     CheckpointError,
     TrainerState,
     checkpoints_folder,
     latest_checkpoint,
     load_checkpoint_state,
     output_is_shared,
+    read_fsdp_optimizer_state,
     read_state,
     remove_staging_leftovers,
     save_checkpoint,
+    write_fsdp_optimizer_state,
     writes_shared_parts,
 )
 from .config import ConfigError, Stage1Config, TrainConfig
@@ -54,15 +57,21 @@ from .data.batches import TrainingBatch
 from .deepspeed_steps import (
     CoalescedBackward,
     load_models_whole,
-    parameter_count,
-    partition_sizes,
     process_group_settings,
     refuse_unsupported_deepspeed,
     register_parameters_read_outside_modules,
     zero_stage,
 )
 from .faults import DataFault, LaunchFault, output_fault
-from .sharding import gathered_state_dict, whole_parameters
+from .sharding import (
+    gathered_state_dict,
+    load_whole_optimizer_state,
+    load_whole_state_dict,
+    parameter_count,
+    partition_sizes,
+    whole_optimizer_state,
+    whole_parameters,
+)
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
 from .precision import warn_if_bf16_is_emulated
@@ -149,13 +158,15 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False), *process_group_settings()],
         )
         refuse_duplicate_runs(self.accelerator.num_processes)
+        warn_if_fsdp_is_off(self.accelerator)
         refuse_unsupported_deepspeed(self.accelerator)
         warn_if_bf16_is_emulated(engine.mixed_precision, self.accelerator.device)
         self.zero3 = zero_stage(self.accelerator) == 3
         if self.zero3:
             load_models_whole()
         # FSDP and ZeRO-3 shard every parameter: their forward is a collective that every process runs.
-        self.parameters_sharded = self.accelerator.distributed_type == DistributedType.FSDP or self.zero3
+        self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        self.parameters_sharded = self.fsdp or self.zero3
         set_seed(engine.seed)
         optim = self.config.optim
         self.global_batch = optim.batch_size * optim.gradient_accumulation_steps * self.accelerator.num_processes
@@ -274,6 +285,8 @@ class Trainer:
         if self.zero3:
             register_parameters_read_outside_modules(self.model, self.trainable)
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.model, self.optimizer, self.lr_scheduler)
+        if self.fsdp:  # fully_shard put new (DTensor) parameters in place of the trained ones
+            self.trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.backward = CoalescedBackward(accelerator) if accelerator.state.deepspeed_plugin else accelerator.backward
         # The trained weights go into each checkpoint as an adapter file (write_checkpoint_files);
         # keep accelerate from also saving and loading the whole model with its frozen VLM and UNet.
@@ -307,9 +320,11 @@ class Trainer:
         load_checkpoint_state(self.accelerator, checkpoint)
         if not self.zero3:  # ZeRO-3's engine state restores its partitions of the trained weights
             trained = load_adapter_file(checkpoint / ADAPTER_FILE_NAME)
-            self.adapter.load_state_dict(trained.adapter_state)
+            load_whole_state_dict(self.adapter, trained.adapter_state)
             if trained.vlm_deltas is not None:
                 load_vlm_deltas(self.vlm.model, trained.vlm_deltas)
+        if self.fsdp:
+            load_whole_optimizer_state(self.model, self.optimizer.optimizer, read_fsdp_optimizer_state(checkpoint))
         self.global_step = self.saved_step = state.global_step
         # accelerate restores its micro-batch count of the run that saved; with another process
         # count that run accumulated another number of batches per step, so count afresh.
@@ -322,6 +337,13 @@ class Trainer:
         the same samples at any process count); refuse otherwise, naming the setting.
         DeepSpeed's ZeRO state is partitioned by process: it resumes at its own process count."""
         processes = self.accelerator.num_processes
+        written_under_fsdp = (checkpoint / FSDP_OPTIMIZER_FILE_NAME).is_file()
+        if written_under_fsdp != self.fsdp:
+            raise CheckpointError(
+                f"{checkpoint} was written by a run {'under' if written_under_fsdp else 'without'} FSDP, and this run "
+                f"{'is not' if written_under_fsdp else 'is'}; their optimizer states are stored differently. Resume it "
+                "with the accelerate config of the run that wrote it."
+            )
         if self.accelerator.state.deepspeed_plugin and state.num_processes not in (None, processes):
             raise CheckpointError(
                 f"{checkpoint} holds DeepSpeed ZeRO state partitioned over {state.num_processes} processes, and this "
@@ -357,9 +379,10 @@ class Trainer:
             "Stage %d trains %d groups (%s parameters):\n%s\n  %-17s%15s parameters",
             self.stage, len(counts), f"{sum(counts.values()):,}", "\n".join(lines), "frozen", f"{frozen:,}",
         )
-        if self.zero3:
-            held, whole = partition_sizes(self.model.module)
-            logger.info("ZeRO-3: each process holds %s of the model's %s parameters", f"{held:,}", f"{whole:,}")
+        if self.parameters_sharded:
+            held, whole = partition_sizes(self.model.module if self.zero3 else self.model)
+            logger.info("%s: each process holds %s of the model's %s parameters", "ZeRO-3" if self.zero3 else "FSDP",
+                        f"{held:,}", f"{whole:,}")
         logger.info(
             "%d optimizer steps (%d per epoch, batch %d x %d accumulation x %d processes)",
             self.max_steps, self.steps_per_epoch, self.config.optim.batch_size,
@@ -518,10 +541,13 @@ class Trainer:
             num_processes=self.accelerator.num_processes,
         )
         trained = trained or self.trained_tensors()
+        optimizer_state = whole_optimizer_state(self.model, self.optimizer.optimizer) if self.fsdp else None  # a collective
 
         def write_files(folder: Path) -> None:
             self.write_adapter(folder / ADAPTER_FILE_NAME, trained)
             (folder / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            if optimizer_state is not None:
+                write_fsdp_optimizer_state(folder, optimizer_state)
 
         return save_checkpoint(
             self.accelerator, self.checkpoints, state, write_files, self.config.engine.checkpoint_total_limit,
@@ -577,6 +603,14 @@ def refuse_duplicate_runs(num_processes: int) -> None:
             "starts one process whatever --num_processes says); on GPUs, check that "
             "torch.cuda.device_count() sees them and that the accelerate config does not say use_cpu: true."
         )
+
+
+def warn_if_fsdp_is_off(accelerator: Accelerator) -> None:
+    """accelerate turns an FSDP config on only on GPUs (and other accelerators); on CPU
+    processes it trains data-parallel instead, every process holding the whole model."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        logger.warning("The accelerate config asks for FSDP, but accelerate left it off (it runs FSDP on GPUs only): "
+                       "this %s run shards nothing, every process holds the whole model.", accelerator.distributed_type.value)
 
 
 def _flat_hyperparameters(values: dict, prefix: str = "") -> dict[str, float | int | str | bool]:

@@ -25,7 +25,7 @@ from torch import nn
 from m2chat_core.adapter_file import VLMDeltas
 
 from .config import LoraConfig
-from .sharding import full_tensor
+from .sharding import copy_whole_into, full_tensor
 
 
 PROJECTOR_MODULES = ("multi_modal_projector", "visual.merger")  # LLaVA(-NeXT), Qwen2(.5)-VL
@@ -154,5 +154,4 @@ def _copy_into(parameters: Mapping[str, nn.Parameter], name: str, tensor: torch.
             f"({'no such parameter' if parameter is None else tuple(parameter.shape)}); "
             "the adapter file was trained on another VLM or with other groups."
         )
-    with torch.no_grad():
-        parameter.copy_(tensor.to(parameter.dtype))
+    copy_whole_into(parameter, tensor)
