@@ -1,15 +1,16 @@
-"""DeepSpeed ZeRO-2 M³FT stage 1 at the paper's batch on LLaVA-1.5-7B + SDXL base at their
-real size (random weights): samples/s and peak memory per GPU (issue 14's GPU figures).
+"""M³FT stage 1 at the paper's batch on LLaVA-1.5-7B + SDXL base at their real size (random
+weights) under a shipped accelerate config (DeepSpeed ZeRO-2 by default): samples/s and peak
+memory per GPU (issue 14's GPU figures).
 
-    python bench/bench_zero2_paper.py OUT                 # a GPU machine (deepspeed, diffusers installed)
-    python bench/bench_zero2_paper.py OUT --tiny          # the same mechanics on 2 CPU processes
+    python bench/bench_paper_size_training.py OUT         # a GPU machine (deepspeed, diffusers installed)
+    python bench/bench_paper_size_training.py OUT --accelerate-config fsdp.yaml     # FSDP2 instead
+    python bench/bench_paper_size_training.py OUT --tiny  # the same mechanics on 2 CPU processes
 
 It writes the models (scripts/paper_size_models.py; `--tiny`: the tests' tiny ones) and
 stage-1 shards under OUT, then launches `train.stage1 --config train/configs/paper_stage1.yaml`
-(batch 8 per GPU, bf16, gradient checkpointing, 1024 px) under the shipped
-`train/accelerate/deepspeed_zero2.yaml` on every visible GPU: a 1-step warm-up (one-time
-costs: DeepSpeed's op builds, the first read of the weights), then for STEPS[0] and for
-STEPS[1] optimizer steps, each from launch to exit. Its own clock gives
+(batch 8 per GPU, bf16, gradient checkpointing, 1024 px) under the shipped config on every
+visible GPU: a 1-step warm-up (one-time costs: DeepSpeed's op builds, the first read of the
+weights), then for STEPS[0] and for STEPS[1] optimizer steps, each from launch to exit. Its own clock gives
 samples/s = batch × processes × (STEPS[1] − STEPS[0]) / (t₁ − t₀), so loading the models,
 starting the engine and the final checkpoint cancel out; its own sampler of `nvidia-smi`
 gives the peak memory per GPU (not measured on CPU). The models are drawn in a process of
@@ -41,6 +42,8 @@ from process_groups import free_port, run_launcher  # noqa: E402
 
 from train.tiny_assets import build_tiny_assets, captioned_pictures, write_shard  # noqa: E402
 
+ACCELERATE_CONFIGS = REPO_ROOT / "train" / "accelerate"
+SHIPPED_CONFIGS = sorted(path.name for path in ACCELERATE_CONFIGS.glob("*.yaml"))
 STEPS = (3, 23)  # the difference must outweigh how much loading varies from run to run
 SAMPLE_EVERY_S = 0.2  # the memory sampler's period
 
@@ -99,11 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--tiny", action="store_true", help="the tiny models on 2 CPU processes")
+    parser.add_argument("--accelerate-config", default="deepspeed_zero2.yaml", choices=SHIPPED_CONFIGS,
+                        help="the shipped config in train/accelerate/ to train under")
     arguments = parser.parse_args(argv)
+    if arguments.tiny and arguments.accelerate_config == "fsdp.yaml":
+        parser.error("accelerate runs FSDP on GPUs only; --tiny runs CPU processes (tests/training/test_fsdp.py "
+                     "runs fsdp.yaml on them)")
     out = arguments.out
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
            "TQDM_DISABLE": "1"}
-    config = yaml.safe_load((REPO_ROOT / "train" / "accelerate" / "deepspeed_zero2.yaml").read_text())
+    config = yaml.safe_load((ACCELERATE_CONFIGS / arguments.accelerate_config).read_text())
     if arguments.tiny:
         assets = build_tiny_assets(out / "tiny")
         vlm, sdxl, stage_config, batch = assets / "vlm", assets / "sdxl", "tiny_stage1.yaml", 2
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         write_shard(shard, captioned_pictures(rng, batch * processes * (STEPS[1] + 1)))
         shards = [str(shard)]
     config["num_processes"] = processes
-    accelerate_config = out / "zero2.yaml"
+    accelerate_config = out / arguments.accelerate_config
     accelerate_config.write_text(yaml.safe_dump(config))
 
     runs = {}
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run of {steps} step(s): {runs[steps][0]:.1f} s", flush=True)
     (t0, _), (t1, peak) = runs[STEPS[0]], runs[STEPS[1]]
     samples_per_s = batch * processes * (STEPS[1] - STEPS[0]) / (t1 - t0)
-    print(f"ZeRO-2 stage 1 on {device}, batch {batch} per process:")
+    print(f"Stage 1 under {arguments.accelerate_config} on {device}, batch {batch} per process:")
     print(f"  runs of {STEPS[0]} and {STEPS[1]} steps: {t0:.1f} s and {t1:.1f} s")
     print(f"  {samples_per_s:.2f} samples/s ({samples_per_s / processes:.2f} per process)")
     for name, gib in sorted(peak.items()):
