@@ -10,7 +10,7 @@ import sys
 from accelerate import PartialState
 from accelerate.utils import DistributedType
 
-PartialState()  # the CPU process group
+PartialState(backend="gloo")  # the CPU process group (accelerate >= 1.11 names no backend on CPUs)
 PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU  # where accelerate reads FSDP's config
 module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
