@@ -10,9 +10,9 @@ It writes the models (scripts/paper_size_models.py; `--tiny`: the tests' tiny on
 stage-1 shards under OUT, then launches `train.stage1 --config train/configs/paper_stage1.yaml`
 (batch 8 per GPU, bf16, gradient checkpointing, 1024 px) under the shipped config on every
 visible GPU: a 1-step warm-up (one-time costs: DeepSpeed's op builds, the first read of the
-weights), then for STEPS[0] and for STEPS[1] optimizer steps, each from launch to exit. Its own clock gives
-samples/s = batch × processes × (STEPS[1] − STEPS[0]) / (t₁ − t₀), so loading the models,
-starting the engine and the final checkpoint cancel out; its own sampler of `nvidia-smi`
+weights), then for STEPS[0] and for STEPS[1] optimizer steps, each from launch to exit.
+Its own clock gives samples/s = batch × processes × (STEPS[1] − STEPS[0]) / (t₁ − t₀), so
+loading the models, starting the engine and the final checkpoint cancel out; its own sampler of `nvidia-smi`
 gives the peak memory per GPU (not measured on CPU). The models are drawn in a process of
 their own, so the GPU is empty when the runs start. The cache of the frozen SDXL outputs
 is off, so every step runs the text encoders and the VAE too. Each run's output is in

@@ -6,9 +6,9 @@ export), `trainer_state.json` and the run's `config.yaml`. Under FSDP accelerate
 save the whole sharded model (the frozen VLM and SDXL too), so it saves only the
 scheduler, sampler and RNG states, and the optimizer state goes in whole, keyed by
 parameter name (`fsdp_optimizer.bin`): it resumes at any process count. It is written
-into a hidden staging folder and renamed into place when complete, so a killed run never leaves a
-half-written `checkpoint-*`; leftover staging folders are removed on the next start. A
-save that fails (a full disk, a read-only folder) removes its staging folder and raises
+into a hidden staging folder and renamed into place when complete, so a killed run never
+leaves a half-written `checkpoint-*`; leftover staging folders are removed on the next
+start. A save that fails (a full disk, a read-only folder) removes its staging folder and raises
 OutputFault saying what to do.
 
 Several processes: every process writes its own RNG state, so the folder is renamed only
@@ -143,8 +143,8 @@ def save_checkpoint(
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        with _fsdp_model_kept_from_accelerate(accelerator):
-            accelerator.save_state(str(staging), **_without_frozen_weights(accelerator, loading=False))
+        with _without_frozen_weights(accelerator, loading=False) as settings:
+            accelerator.save_state(str(staging), **settings)
         if writer:
             write_files(staging)
             (staging / STATE_FILE_NAME).write_text(json.dumps(asdict(state)))
@@ -170,8 +170,8 @@ def save_checkpoint(
 def load_checkpoint_state(accelerator: Accelerator, checkpoint: Path) -> None:
     """accelerate's state of `checkpoint` (optimizer, scheduler, sampler, RNG states; under
     FSDP no optimizer: `read_fsdp_optimizer_state`)."""
-    with _fsdp_model_kept_from_accelerate(accelerator):
-        accelerator.load_state(str(checkpoint), **_without_frozen_weights(accelerator, loading=True))
+    with _without_frozen_weights(accelerator, loading=True) as settings:
+        accelerator.load_state(str(checkpoint), **settings)
 
 
 def write_fsdp_optimizer_state(folder: Path, state: dict) -> None:
@@ -184,27 +184,25 @@ def read_fsdp_optimizer_state(checkpoint: Path) -> dict:
 
 
 @contextlib.contextmanager
-def _fsdp_model_kept_from_accelerate(accelerator: Accelerator) -> Iterator[None]:
-    """Under FSDP, hide the model and optimizer from accelerate's save_state/load_state: it
-    would write the whole model, frozen weights included, and the optimizer sharded by
-    process count. The trainer writes both instead (the adapter file, fsdp_optimizer.bin)."""
+def _without_frozen_weights(accelerator: Accelerator, *, loading: bool) -> Iterator[dict[str, bool]]:
+    """Inside: accelerate's save_state/load_state, with the settings it yields, leave the
+    frozen weights out. DeepSpeed saves its engine (the model with its optimizer) itself:
+    without the frozen weights, and loaded without them. Under FSDP accelerate would write the
+    whole model and its optimizer sharded by process count, so both are hidden from it; the
+    trainer writes the adapter file and fsdp_optimizer.bin instead. Elsewhere the trainer's
+    state hooks drop the model."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        yield {"load_module_strict": False} if loading else {"exclude_frozen_parameters": True}
+        return
     if accelerator.distributed_type != DistributedType.FSDP:
-        yield
+        yield {}
         return
     models, optimizers = accelerator._models, accelerator._optimizers
     accelerator._models, accelerator._optimizers = [], []
     try:
-        yield
+        yield {}
     finally:
         accelerator._models, accelerator._optimizers = models, optimizers
-
-
-def _without_frozen_weights(accelerator: Accelerator, *, loading: bool) -> dict[str, bool]:
-    """DeepSpeed saves its engine (the model with its optimizer) itself: keep the frozen
-    weights out and load it without them. Elsewhere the trainer's state hooks drop the model."""
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return {}
-    return {"load_module_strict": False} if loading else {"exclude_frozen_parameters": True}
 
 
 def _fsync_tree(folder: Path) -> None:
