@@ -43,9 +43,10 @@ test_env() {  # test_env ENV [pytest arguments]
 }
 
 trap 'trap - INT TERM; kill 0' INT TERM  # a stopped run stops both environments' tests
+LOGS=${TMPDIR:-/tmp}/m2chat-test-logs; mkdir -p "$LOGS"
 PIDS=()
 for env_name in "${READY[@]}"; do
-  ( test_env "$env_name" "$@" 2>&1 | sed -u "s/^/[$env_name] /"; exit "${PIPESTATUS[0]}" ) &
+  ( test_env "$env_name" "$@" 2>&1 | sed -u "s/^/[$env_name] /" | tee "$LOGS/$env_name.log"; exit "${PIPESTATUS[0]}" ) &
   PIDS+=($!)
 done
 result=0
@@ -53,5 +54,9 @@ for pid in "${PIDS[@]}"; do
   wait "$pid"
   status=$?
   [ "$result" != 0 ] || result=$status
+done
+# The environments' outputs interleave: repeat each one's verdict, and what failed, last.
+for env_name in "${READY[@]}"; do
+  grep -a -E "^\[$env_name\] (FAILED|ERROR) |^\[$env_name\] == $env_name environment: tests took" "$LOGS/$env_name.log"
 done
 exit "$result"

@@ -40,6 +40,6 @@ def test_answer_and_caption_show_on_the_encode_node(page, open_app, comfy_server
     shown = page.wait_for_function(
         """() => { const node = window.app.graph.getNodeById('encode');
                    const w = node?.widgets?.find((w) => w.name === 'vlm_text');
-                   return w && w.value ? w.value : null; }""", timeout=30_000).json_value()
+                   return w && w.value ? w.value : null; }""").json_value()
     assert caption in shown
     page.screenshot(path=artifacts_dir / "encode-shows-text.png")

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from comfyui_env import REPO
+from comfyui_env import HUNG_AFTER_S, REPO
 from tiny_graphs import TINY_CHECKPOINT_PARTS, TINY_FILE_INPUTS, small_run_inputs, write_tiny_input_image
 from workflow_api import FILE_COMBOS, input_specs, ui_to_api
 
@@ -62,7 +62,7 @@ IMAGES_SHOWN = """(nodeIds) => nodeIds.every((id) => {
 def app_url(comfy_server):
     write_tiny_input_image(comfy_server.base_directory / "input")  # listed by LoadImage on page load
     request = urllib.request.Request(comfy_server.url + "/settings", data=json.dumps(PAGE_SETTINGS).encode())
-    urllib.request.urlopen(request, timeout=30).close()
+    urllib.request.urlopen(request, timeout=HUNG_AFTER_S).close()
     return comfy_server.url
 
 
@@ -121,7 +121,7 @@ def test_workflow_loads_and_runs_in_the_frontend(path, page, open_app, app_url, 
     assert entry["status"]["status_str"] == "success", entry["status"]
     save_nodes = [node["id"] for node in workflow["nodes"] if node["type"] == "SaveImage"]
     assert all(entry["outputs"][str(node_id)]["images"] for node_id in save_nodes)
-    page.wait_for_function(IMAGES_SHOWN, arg=save_nodes, timeout=30_000)
+    page.wait_for_function(IMAGES_SHOWN, arg=save_nodes)
 
     page.set_viewport_size({"width": 2000, "height": 1300})
     page.evaluate("() => app.canvas.fitViewToSelectionAnimated({ duration: 1 })")
