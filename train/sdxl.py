@@ -76,6 +76,7 @@ def load_sdxl(path: str | Path, config_folder: str | Path | None, dtype: torch.d
         ) from error
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         components[name].requires_grad_(False).eval().to(device)
+    components["vae"].to(memory_format=torch.channels_last)  # its convolutions: 1.35x faster on a CPU
     logger.info("Loaded SDXL from %s (%s, VAE float32) on %s", path, dtype, device)
     return SDXLParts(**components, noise_scheduler=noise_scheduler, identity=_identity(path, config_folder))
 
@@ -126,11 +127,12 @@ class FrozenEncoders:
         """VAE posterior (mean, std) of (B, 3, R, R) images in [-1, 1], unscaled, float32.
         A tiny (TAESD) VAE is deterministic: its latent with std 0."""
         vae = self.parts.vae
+        pixels = pixels.to(vae.device, vae.dtype, memory_format=torch.channels_last)
         if isinstance(vae, AutoencoderTiny):
-            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latents.float()
+            latents = vae.encode(pixels).latents.float().contiguous()
             return latents, torch.zeros_like(latents)
-        posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        return posterior.mean.float(), posterior.std.float()
+        posterior = vae.encode(pixels).latent_dist
+        return posterior.mean.float().contiguous(), posterior.std.float().contiguous()
 
     @property
     def latent_scaling_factor(self) -> float:

@@ -74,7 +74,7 @@ from .sharding import (
 )
 from .loaders import make_loader
 from .objective import DiffusionTargets, M3FTModel, diffusion_targets
-from .precision import warn_if_bf16_is_emulated
+from .precision import training_attention, warn_if_bf16_is_emulated
 from .sdxl import FrozenEncoders, load_sdxl
 from .validation import evaluate
 from .vlm_training import enable_vlm_groups, export_vlm_deltas, load_vlm_deltas
@@ -128,10 +128,11 @@ class Trainer:
         self.prepare_distributed()
         self.resume()
         self.log_start()
-        if self.global_step == 0:
+        with training_attention(self.config.engine.mixed_precision, self.accelerator.device):
+            if self.global_step == 0:
+                self.validate()
+            self.train()
             self.validate()
-        self.train()
-        self.validate()
         return self.finish()
 
     # --- set-up -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The precompute cache of the frozen parts: faithful values, reuse across runs, new keys
-when an input changes, and training with it matches training without it."""
+when an input changes, and training with it matches training without it in both stages."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from m2chat_core.adapter_file import load_adapter_file
 from train.cache import CacheSettings, build_target_cache
 from train.cli import parse_command_line
-from train.config import Stage1Config
+from train.config import Stage1Config, Stage2Config
 from train.data.samples import SkippedSample, TrainingSample
 from train.data.shards import ImageTextShards
 from train.sdxl import FrozenEncoders, load_sdxl
 from train.tiny_assets import BAD_SAMPLES
-from train.trainer import Trainer
+from train.trainer import DEFAULT_EXPORT_NAME, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,18 @@ def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tm
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left
 
 
-def test_training_with_the_cache_matches_training_without(runner, tmp_path, one_thread):
+@pytest.mark.parametrize("stage", [1, 2])
+def test_training_with_the_cache_matches_training_without(runner, stage1, stage, tmp_path, one_thread):
+    config_class, start = ((Stage1Config, []) if stage == 1 else
+                           (Stage2Config, [f"--init-from={stage1[0] / DEFAULT_EXPORT_NAME}"]))
     exports = []
     for name, cache_options in (("plain", []), ("cached", ["--cache.enabled=true", "--cache.dtype=float32"])):
-        arguments = runner.overrides(1, tmp_path / name) + cache_options + [
+        arguments = runner.overrides(stage, tmp_path / name) + start + cache_options + [
             f"--cache.dir={tmp_path / 'cache'}", "--optim.max_steps=3", "--data.validation=[]",
             "--engine.checkpoint_every=0", "--engine.report_to=none",
         ]
-        exports.append(load_adapter_file(Trainer(parse_command_line(Stage1Config, arguments)).fit().export_path))
+        exports.append(load_adapter_file(Trainer(parse_command_line(config_class, arguments)).fit().export_path))
+    assert list((tmp_path / "cache").glob("*.safetensors"))  # the cached run read its targets from there
     plain, cached = (export.adapter_state for export in exports)
     # Float-level differences between cached and recomputed encodings reach the weights
     # through Adam (lr 1e-3), which rescales near-zero gradients: up to ~1e-4 per element

@@ -61,22 +61,30 @@ class StageRuns:
     short: bool
 
     def stage1(self, name: str, extra: tuple[str, ...] = ()) -> Path:
-        data = self.out / "data"
-        return _stage_run(1, self.out / "runs" / name, [
-            *self._common(), "--data.train", f"[{data}/train/shards/world-*.tar]",
-            "--data.validation", f"[{data}/test/shards/world-00000.tar]", "--cache.dir", str(self.out / "cache"),
-            *(SHORT_STAGE1 if self.short else []), *extra])
+        return _stage_run(1, self.out / "runs" / name, self.stage1_arguments(extra))
 
     def stage2(self, name: str, init_from: Path, extra: tuple[str, ...] = ()) -> Path:
+        return _stage_run(2, self.out / "runs" / name, self.stage2_arguments(init_from, extra))
+
+    def stage1_arguments(self, extra: tuple[str, ...] = ()) -> list[str]:
+        """`train.stage1`'s command line for this folder (the recipe's config and the folder's data)."""
+        data = self.out / "data"
+        return ["--config", str(STAGE_CONFIGS[1]), *self._common(),
+                "--data.train", f"[{data}/train/shards/world-*.tar]",
+                "--data.validation", f"[{data}/test/shards/world-00000.tar]",
+                *(SHORT_STAGE1 if self.short else []), *extra]
+
+    def stage2_arguments(self, init_from: Path, extra: tuple[str, ...] = ()) -> list[str]:
+        """`train.stage2`'s command line for this folder, from the stage-1 adapter `init_from`."""
         data = self.out / "data"
         files = ", ".join(str(data / "train" / file) for file in stage2_train_files())
-        return _stage_run(2, self.out / "runs" / name, [
-            *self._common(), "--init-from", str(init_from), "--data.train", f"[{files}]",
-            "--data.validation", f"[{data}/test/dialogue.jsonl]", *extra])
+        return ["--config", str(STAGE_CONFIGS[2]), *self._common(), "--init-from", str(init_from),
+                "--data.train", f"[{files}]", "--data.validation", f"[{data}/test/dialogue.jsonl]", *extra]
 
     def _common(self) -> list[str]:
         return ["--model.vlm", str(self.vlm), "--model.sdxl", str(self.out / "sdxl"), "--resume", "latest",
-                *(SHORT if self.short else []), *([] if CPU_HAS_BF16_UNITS else FLOAT32)]
+                "--cache.dir", str(self.out / "cache"), *(SHORT if self.short else []),
+                *([] if CPU_HAS_BF16_UNITS else FLOAT32)]
 
 
 def stage2_train_files() -> list[str]:
@@ -108,8 +116,7 @@ def _stage_run(stage: int, output_dir: Path, arguments: list[str]) -> Path:
     from ..trainer import DEFAULT_EXPORT_NAME
 
     exported = output_dir / DEFAULT_EXPORT_NAME
-    command = [sys.executable, "-m", f"train.stage{stage}", "--config", str(STAGE_CONFIGS[stage]), *arguments,
-               "--engine.output_dir", str(output_dir)]
+    command = [sys.executable, "-m", f"train.stage{stage}", *arguments, "--engine.output_dir", str(output_dir)]
 
     def train() -> None:
         status = subprocess.run(command, cwd=REPO, check=False).returncode
