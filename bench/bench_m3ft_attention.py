@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +30,7 @@ from train.world.config import M3ftConfig  # noqa: E402
 from train.trainer import DEFAULT_EXPORT_NAME  # noqa: E402
 from train.world.layout import SHIPPED  # noqa: E402
 from train.world.m3ft import prepare_runs  # noqa: E402
+from step_timer import median_step_seconds  # noqa: E402
 
 KERNELS = {"PyTorch's choice": lambda mixed_precision, device: contextlib.nullcontext(),
            "training_attention": training_attention}
@@ -42,16 +41,7 @@ def seconds_per_step(config_class: type, arguments: list[str], kernel_choice, wo
     trainer = trainer_module.Trainer(parse_command_line(config_class, [
         *arguments, f"--engine.output_dir={work}", "--engine.checkpoint_every=0", "--engine.validate_every=0",
         "--engine.report_to=none", "--data.validation=[]", "--resume=", f"--optim.max_steps={steps}"]))
-    stamps: list[float] = []
-    step_done = trainer.after_optimizer_step
-
-    def timed_step() -> None:
-        stamps.append(time.perf_counter())
-        step_done()
-
-    trainer.after_optimizer_step = timed_step
-    trainer.fit()
-    return statistics.median(later - earlier for earlier, later in zip(stamps, stamps[1:]))
+    return median_step_seconds(trainer)
 
 
 def main() -> int:

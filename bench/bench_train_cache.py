@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from train.cli import parse_command_line  # noqa: E402
 from train.config import Stage1Config  # noqa: E402
 from train.tiny_assets import build_tiny_assets  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
+from step_timer import median_step_seconds  # noqa: E402
 
 
 def seconds_per_step(assets: Path, work: Path, name: str, steps: int, cached: bool) -> float:
@@ -38,16 +37,7 @@ def seconds_per_step(assets: Path, work: Path, name: str, steps: int, cached: bo
         f"--cache.enabled={'true' if cached else 'false'}", f"--cache.dir={work / 'cache'}",
     ]
     trainer = Trainer(parse_command_line(Stage1Config, arguments))
-    stamps: list[float] = []
-    step_done = trainer.after_optimizer_step
-
-    def timed_step() -> None:
-        stamps.append(time.perf_counter())
-        step_done()
-
-    trainer.after_optimizer_step = timed_step
-    trainer.fit()
-    return statistics.median(later - earlier for earlier, later in zip(stamps, stamps[1:]))
+    return median_step_seconds(trainer)
 
 
 def main() -> int:
