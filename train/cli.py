@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
 import sys
 import typing
@@ -89,6 +90,9 @@ def configure_logging() -> None:
 def run(config_class: type[TrainConfig], argv: Sequence[str]) -> int:
     """Validate the command line, then train; returns the process exit status."""
     configure_logging()
+    # A crash below Python (a C++ abort in a collective, a segfault in a kernel) prints every
+    # thread's Python stack and whether the interpreter was finalizing, not a bare signal.
+    faulthandler.enable()
     try:
         config = parse_command_line(config_class, argv)
     except ConfigError as error:

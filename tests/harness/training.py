@@ -103,10 +103,9 @@ class StageRunner:
                if not name.startswith("ACCELERATE_") and name not in inherited}
         return {**env, **extra}
 
-    def start(self, stage: int, arguments: list[str]) -> subprocess.Popen:
+    def start(self, stage: int, arguments: list[str], stderr=subprocess.DEVNULL) -> subprocess.Popen:
         return subprocess.Popen(
-            self.command(stage, arguments), cwd=REPO_ROOT, env=self.env(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.command(stage, arguments), cwd=REPO_ROOT, env=self.env(), stdout=subprocess.DEVNULL, stderr=stderr,
         )
 
     def run(self, stage: int, arguments: list[str], timeout: float = HUNG_AFTER_S) -> subprocess.CompletedProcess:

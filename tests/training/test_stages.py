@@ -125,16 +125,21 @@ def _assert_checkpoints_complete(folder: Path) -> None:
         load_adapter_file(entry / ADAPTER_FILE_NAME)
 
 
+def _wait_for(path: Path, process) -> None:
+    """Until the running stage writes `path` (e.g. a checkpoint)."""
+    deadline = time.monotonic() + HUNG_AFTER_S  # a hang guard only: the loaded machine may be slow
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before it wrote {path.name}"
+        assert time.monotonic() < deadline, f"no {path.name} appeared: the run hangs"
+        time.sleep(0.05)
+
+
 def test_kill_during_stage1_then_resume_latest_matches_uninterrupted_run(runner, stage1, tmp_path):
     output_dir = tmp_path / "killed"
     arguments = runner.overrides(1, output_dir) + STAGE1_RUN + ["--engine.report_to=none", "--data.validation=[]"]
     process = runner.start(1, arguments)
     checkpoints = output_dir / "checkpoints"
-    deadline = time.monotonic() + HUNG_AFTER_S  # a hang guard only: the loaded machine may be slow
-    while not (checkpoints / "checkpoint-10").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint appeared: the run hangs"
-        time.sleep(0.05)
+    _wait_for(checkpoints / "checkpoint-10", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -147,3 +152,19 @@ def test_kill_during_stage1_then_resume_latest_matches_uninterrupted_run(runner,
     assert "Resumed from" in resumed.stderr
     difference = _max_difference(_tensors(output_dir / DEFAULT_EXPORT_NAME), _tensors(stage1[0] / DEFAULT_EXPORT_NAME))
     assert difference <= 1e-6
+
+
+def test_a_crash_below_python_names_the_python_code_it_hit(runner, tmp_path):
+    """A C++ abort (a collective's thread at the end of a distributed run, a kernel's fault)
+    prints every thread's Python stack, not only a signal number."""
+    output_dir = tmp_path / "aborted"
+    arguments = runner.overrides(1, output_dir) + STAGE1_RUN + ["--engine.report_to=none", "--data.validation=[]"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = runner.start(1, arguments, stderr=stderr)
+        _wait_for(output_dir / "checkpoints" / "checkpoint-10", process)
+        process.send_signal(signal.SIGABRT)
+        assert process.wait() == -signal.SIGABRT
+    text = log.read_text()
+    assert "Fatal Python error: Aborted" in text, text[-3000:]
+    assert "train/trainer.py" in text and "Current thread" in text, text[-3000:]
