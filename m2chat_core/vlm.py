@@ -34,6 +34,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .cpu_units import cpu_computes_natively
 from .upcast import upcast_releasing_file_pages
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def load_vlm(
     dtype: str | torch.dtype = "auto",
     quantization: str = "none",
     device: str | torch.device | None = None,
+    compute_device: str | torch.device | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedVLM:
     """Load a `save_pretrained` VLM folder offline (`local_files_only=True`, safetensors only).
@@ -242,7 +244,9 @@ def load_vlm(
     dtype: "auto" (the folder's), "float32", "float16", "bfloat16" or a torch dtype; weights
     are loaded straight into it. quantization: "none", "8bit" or "4bit" (bitsandbytes, CUDA
     only; the vision side and LM head stay unquantized). device defaults to "cuda" when
-    quantizing and "cpu" otherwise.
+    quantizing and "cpu" otherwise. compute_device: where the model will run (the nodes pass
+    ComfyUI's text-encoder device); where it is a CPU that would emulate the folder's bfloat16
+    or float16 (cpu_units.py), "auto" loads float32 instead.
     """
     folder = Path(folder)
     _check_folder(folder)
@@ -250,6 +254,10 @@ def load_vlm(
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {quantization!r}; choose one of {list(QUANTIZATIONS)}.")
     device = torch.device(device or ("cuda" if quantization != "none" else "cpu"))
+    config = _image_text_to_text_config(folder, trust_remote_code)
+    stored_dtype = getattr(config, "dtype", None)
+    if quantization == "none" and compute_device is not None and torch.device(compute_device).type == "cpu":
+        torch_dtype = _cpu_compute_dtype(torch_dtype, stored_dtype, folder.name)
     options: dict[str, Any] = {
         "dtype": torch_dtype,
         "local_files_only": True,
@@ -261,7 +269,6 @@ def load_vlm(
     if device.type != "cpu":
         options["device_map"] = {"": device}
 
-    config = _image_text_to_text_config(folder, trust_remote_code)
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -272,7 +279,6 @@ def load_vlm(
     # float32 from a narrower folder on the CPU: load the folder's dtype (views of the
     # mapped file) and upcast tensor by tensor, so the file's pages and the float32 copies
     # are never all resident together (see upcast.py).
-    stored_dtype = getattr(config, "dtype", None)
     upcast = (
         torch_dtype == torch.float32 and device.type == "cpu" and quantization == "none"
         and isinstance(stored_dtype, torch.dtype) and stored_dtype != torch.float32
@@ -333,6 +339,21 @@ def _image_text_to_text_config(folder: Path, trust_remote_code: bool) -> Pretrai
             "vision-language model folder (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, ...)."
         )
     return config
+
+
+def _cpu_compute_dtype(dtype: str | torch.dtype, stored_dtype: Any, name: str) -> str | torch.dtype:
+    """The dtype a model that runs on the CPU loads in: "auto" becomes float32 where the CPU
+    would emulate the folder's dtype; an explicit emulated dtype is kept, with a warning."""
+    chosen = stored_dtype if dtype == "auto" else dtype
+    if not isinstance(chosen, torch.dtype) or cpu_computes_natively(chosen):
+        return dtype
+    if dtype == "auto":
+        logger.info("%s is stored in %s, which this CPU has no units for (PyTorch emulates it, hundreds of times "
+                    "slower than float32): loading it in float32 (dtype auto)", name, chosen)
+        return torch.float32
+    logger.warning("%s runs in %s on a CPU without %s units: PyTorch emulates it, hundreds of times slower than "
+                   "float32. Choose dtype auto or float32 (twice the memory of %s).", name, chosen, chosen, chosen)
+    return dtype
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy.model_management
 import comfy.ops
 from comfy_api.latest import io
 
@@ -26,7 +27,8 @@ class M2ChatVLMLoader(io.ComfyNode):
                                tooltip="A folder with config.json under models/LLM (or an LLM path "
                                        "from extra_model_paths.yaml), e.g. llava-1.5-7b-hf."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="Weight precision; auto keeps the folder's own."),
+                               tooltip="Weight precision; auto keeps the folder's own (float32 on a CPU that would "
+                                       "emulate a bfloat16 or float16 folder, hundreds of times slower)."),
                 io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none",
                                tooltip="4/8-bit weights through bitsandbytes (NVIDIA GPUs only); "
                                        "such a model stays on the GPU."),
@@ -40,6 +42,7 @@ class M2ChatVLMLoader(io.ComfyNode):
     @classmethod
     def execute(cls, vlm_name, dtype, quantization, trust_remote_code) -> io.NodeOutput:
         loaded = load_vlm(resolve_vlm_folder(vlm_name), dtype=dtype, quantization=quantization,
+                          compute_device=comfy.model_management.text_encoder_device(),
                           trust_remote_code=trust_remote_code)
         # One context's worth of KV: a story's or dialogue's growing prompt fits in it.
         prefix_cache = PrefixCache(max_tokens=loaded.info.max_context_length)

@@ -1,8 +1,5 @@
-"""Precision on the CPU: whether it computes bfloat16 natively (AVX512-BF16 or AMX units),
-and which attention kernel a bf16 run takes there.
-
-Elsewhere PyTorch emulates bfloat16 on the CPU: on an AVX2-only AMD EPYC a world UNet
-training step took 15.1 s under bf16 autocast against 1.2 s in float32."""
+"""Precision of a training run on the CPU: a warning where its bf16 would run emulated
+(m2chat_core/cpu_units.py), and the attention kernel a bf16 run takes there."""
 
 import logging
 from contextlib import AbstractContextManager, nullcontext
@@ -10,9 +7,9 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-logger = logging.getLogger(__name__)
+from m2chat_core.cpu_units import CPU_HAS_BF16_UNITS
 
-CPU_HAS_BF16_UNITS = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+logger = logging.getLogger(__name__)
 
 
 def warn_if_bf16_is_emulated(mixed_precision: str, device: torch.device) -> None:

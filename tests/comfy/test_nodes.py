@@ -167,3 +167,23 @@ def test_clip_fallback_batches_a_short_and_a_long_caption_without_changing_the_s
     assert alone[1].shape[1] > alone[0].shape[1]  # the long caption takes several 77-token chunks
     repeats = cond.shape[1] // alone[0].shape[1]
     assert torch.equal(cond[:1], alone[0].repeat(1, repeats, 1)) and torch.equal(cond[1:], alone[1])
+
+
+def test_vlm_loader_auto_dtype_computes_at_full_speed_on_the_cpu(comfy, caplog):
+    """The world's VLM folder is stored in bfloat16. ComfyUI runs it on the CPU here, which
+    computes bfloat16 natively only with bf16 units; elsewhere auto loads float32 (PyTorch
+    would emulate bfloat16 hundreds of times slower), and an explicit bfloat16 is kept with a
+    warning that says what to choose."""
+    from comfy.model_management import text_encoder_device
+
+    from m2chat_core.cpu_units import CPU_HAS_BF16_UNITS
+    from train.world.layout import VLM_NAME
+
+    assert text_encoder_device().type == "cpu"
+    loader = comfy.node_class("M2ChatVLMLoader")
+    auto = loader.execute(VLM_NAME, "auto", "none", False)[0]
+    assert auto.loaded.model.dtype == (torch.bfloat16 if CPU_HAS_BF16_UNITS else torch.float32)
+    with caplog.at_level("WARNING"):
+        explicit = loader.execute(VLM_NAME, "bfloat16", "none", False)[0]
+    assert explicit.loaded.model.dtype == torch.bfloat16
+    assert ("Choose dtype auto or float32" in caplog.text) != CPU_HAS_BF16_UNITS

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from m2chat_core.cpu_units import CPU_HAS_BF16_UNITS
+
 from ..config import ConfigError
-from ..precision import CPU_HAS_BF16_UNITS
 from .layout import SHIPPED, WeightsLayout
 from .loop import LoopSettings
 from .sdxl import SAMPLER_STEPS

@@ -15,9 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2chat_core.cpu_units import CPU_HAS_BF16_UNITS
+
 from ..config import ConfigError
 from ..config_loading import read_yaml
-from ..precision import CPU_HAS_BF16_UNITS
 from .comfyui import REPO
 from .config import DataConfig, DiffusersConfig, M3ftConfig
 from .layout import ADAPTER_FILE, WeightsLayout
