@@ -13,7 +13,9 @@ shipped judge. Rows, on the same held-out (colour, shape) cases and seeds:
 Tasks: text_to_image (requests), image_editing (a picture and an instruction; `all` is
 the instruction followed AND the rest kept), multimodal_dialogue (three turns; the
 last turn's picture against the scene the conversation implies) and storytelling (a
-premise, 4 panels; M2Chat rows only; columns in world_graphs.measure_stories).
+premise, 4 panels; M2Chat rows only; columns in world_graphs.measure_stories). The gate
+rows are measured only where a picture is in the context (editing, dialogue): without one
+the gate is 1 whatever its mode (m2chat_core/gate.py), so they would repeat the m2chat row.
 Columns: the judge's per-attribute accuracy;
 colour_and_shape: both right on the same object; all: every attribute of the scene right;
 caption_bleu1, caption_rouge_l: the VLM's caption (last turn) against the scene's reference
@@ -59,6 +61,7 @@ from world_graphs import (  # noqa: E402
     missed_targets,
 )
 
+from m2chat_core.m3ft_settings import FILE_GATE_MODE  # noqa: E402
 from train.evaluate.clip_model import load_local_clip  # noqa: E402
 from train.world.files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
@@ -70,6 +73,16 @@ from train.world.training import load_judge  # noqa: E402
 LABELS = {**ROW_LABELS, **{name: ablation.label for name, ablation in ABLATIONS.items()}}
 CASES = {"text_to_image": held_out_prompts, "image_editing": held_out_edits,
          "multimodal_dialogue": held_out_dialogues, "storytelling": held_out_stories}
+TEXT_ONLY_TASKS = ("text_to_image", "storytelling")  # no picture in any turn's context: g = 1
+
+
+def measured_on_task(task: str, conditioning: str | EncodeRow) -> bool:
+    """Whether a row is measured on a task: a story needs the VLM, and a row that only changes
+    the gate's mode measures nothing new where no picture is in the context."""
+    row = encode_row(conditioning)
+    if task == "storytelling" and not row:
+        return False
+    return not (task in TEXT_ONLY_TASKS and row and row.gate_mode != FILE_GATE_MODE)
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
@@ -172,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             for task in tasks:
                 cases, figures[task] = CASES[task](options.prompts), {}
                 for row, conditioning in conditionings.items():
-                    if task == "storytelling" and not encode_row(conditioning):
-                        continue  # a story needs the VLM
+                    if not measured_on_task(task, conditioning):
+                        continue
                     found = cache.get(task, row, keys[row])
                     if found is None:
                         server = server or _start_server(Path(base), world, options.world_adapter, extra)
