@@ -22,6 +22,7 @@ from train.world.scenes import Scene, apply_edit, is_held_out, possible_edits, r
 from train.world.vocabulary import COLOURS, HELD_OUT_PAIRS, SHAPES
 
 SIZES = {"train": SplitSizes(images=24, dialogues=6, edits=8, stories=3),
+         "validation": SplitSizes(images=12, dialogues=6, edits=6, stories=2),
          "test": SplitSizes(images=12, dialogues=6, edits=6, stories=2)}
 JSONL_FILES = ("text_to_image", "dialogue", "editing", "stories")
 
@@ -69,21 +70,34 @@ def test_rendering_is_a_pure_function_of_the_scene():
     assert png_bytes(render(scene)) == png_bytes(render(Scene.from_dict(scene.to_dict())))
 
 
-def test_no_held_out_pair_anywhere_in_the_training_split(world):
-    scenes = [Scene.from_dict(entry["scene"]) for entry in _shard_entries(world, "train")]
-    texts = [entry["caption"] for entry in _shard_entries(world, "train")]
+def _scenes_and_texts(world: Path, split: str) -> tuple[list[Scene], list[str]]:
+    scenes = [Scene.from_dict(entry["scene"]) for entry in _shard_entries(world, split)]
+    texts = [entry["caption"] for entry in _shard_entries(world, split)]
     for name in JSONL_FILES:
-        for record in _records(world, "train", name):
+        for record in _records(world, split, name):
             scenes.append(Scene.from_dict(record["target_scene"]))
             if "source_scene" in record:
                 scenes.append(Scene.from_dict(record["source_scene"]))
             texts += [turn[key] for turn in record["turns"] for key in ("user_text", "answer", "caption")]
-    assert len(scenes) > 60
+    return scenes, texts
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_no_held_out_pair_anywhere_in_the_training_or_validation_split(world, split):
+    scenes, texts = _scenes_and_texts(world, split)
+    assert len(scenes) > 40
     assert not any(is_held_out(scene) for scene in scenes)
     assert not set().union(*map(_named_pairs, texts)) & HELD_OUT_PAIRS
-    # ... while every colour and every shape is still seen in training
-    seen = {(o.colour, o.shape) for scene in scenes for o in scene.objects}
-    assert {colour for colour, _ in seen} == set(COLOURS) and {shape for _, shape in seen} == set(SHAPES)
+    if split == "train":  # ... while every colour and every shape is still seen in training
+        seen = {(o.colour, o.shape) for scene in scenes for o in scene.objects}
+        assert {colour for colour, _ in seen} == set(COLOURS) and {shape for _, shape in seen} == set(SHAPES)
+
+
+def test_the_validation_split_draws_other_scenes_than_training(world):
+    """Its own random streams: new scenes of the seen pairs, not copies of training samples."""
+    train, _ = _scenes_and_texts(world, "train")
+    validation, _ = _scenes_and_texts(world, "validation")
+    assert sum(scene not in train for scene in validation) > len(validation) // 2
 
 
 def test_every_test_target_shows_a_held_out_pair(world):

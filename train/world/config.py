@@ -23,7 +23,7 @@ def _check(condition: bool, field_name: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Write the shapes world's data (both splits) to --out."""
+    """Write the shapes world's data (train, validation and test splits) to --out."""
 
     out: str
     seed: int = 0
@@ -31,7 +31,7 @@ class DataConfig:
     dialogues: int = 1024
     edits: int = 2048
     stories: int = 256
-    test_fraction: float = 0.125  # the test split's size, as a fraction of the train split's
+    test_fraction: float = 0.125  # the validation and the test split's size each, as a fraction of the train split's
     shard_size: int = 1024
 
     def __post_init__(self) -> None:

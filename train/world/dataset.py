@@ -1,4 +1,4 @@
-"""Writes the world's data in the formats train/ reads, for the train and test splits:
+"""Writes the world's data in the formats train/ reads, for the train, validation and test splits:
 
     <out>/<split>/shards/world-NNNNN.tar   stage 1: img2dataset layout (key.png, key.txt,
                                            key.json with the caption and the scene)
@@ -11,8 +11,9 @@
 
 Every sample draws from its own random stream, fixed by (seed, split, kind, index), so
 the same seed gives the same bytes. The train split never shows a held-out (colour,
-shape) pair; every test sample's target shows one. The folder is written beside the
-target and renamed into place when complete.
+shape) pair, nor does the validation split (other scenes of the same pairs, to choose
+training settings on); every test sample's target shows one. The folder is written
+beside the target and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .config import DataConfig
 from .files import atomic_path
 from .render import png_bytes, render
 from .scenes import Edit, Scene, apply_edit, edit_start, in_split, possible_edits, random_edit, random_scene
-from .vocabulary import HELD_OUT_PAIRS, SPLITS
+from .vocabulary import HELD_OUT_PAIRS, SCENE_SPLIT, SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +56,15 @@ def sample_rng(seed: int, split: str, kind: str, index: int) -> random.Random:
 
 
 def write_data(config: DataConfig) -> Path:
-    """`python -m train.world data`: both splits, the test split `test_fraction` of the train split's size."""
+    """`python -m train.world data`: every split, validation and test each `test_fraction` of the train split's size."""
     train = SplitSizes(config.images, config.dialogues, config.edits, config.stories)
-    test = SplitSizes(*(max(1, round(n * config.test_fraction)) for n in astuple(train)))
-    return write_dataset(Path(config.out), config.seed, {"train": train, "test": test}, config.shard_size)
+    held = SplitSizes(*(max(1, round(n * config.test_fraction)) for n in astuple(train)))
+    return write_dataset(Path(config.out), config.seed, {"train": train, "validation": held, "test": held},
+                         config.shard_size)
 
 
 def write_dataset(out: Path, seed: int, sizes: dict[str, SplitSizes], shard_size: int) -> Path:
-    """Write both splits under `out` (replacing it); returns `out`."""
+    """Write every split under `out` (replacing it); returns `out`."""
     with atomic_path(out) as staging:
         counts = {split: _write_split(staging / split, seed, split, sizes[split], shard_size) for split in SPLITS}
         manifest = {
@@ -79,17 +81,17 @@ def write_dataset(out: Path, seed: int, sizes: dict[str, SplitSizes], shard_size
 def _write_split(folder: Path, seed: int, split: str, sizes: SplitSizes, shard_size: int) -> dict[str, int]:
     (folder / "images").mkdir(parents=True)
     progress = tqdm(desc=f"world data ({split})", total=sizes.images * 2 + sizes.dialogues + sizes.edits + sizes.stories)
-    writer = _ImageWriter(folder)
+    writer, scenes = _ImageWriter(folder), SCENE_SPLIT[split]  # the random streams are the split's own
     _write_shards(folder / "shards", seed, split, sizes.images, shard_size, progress)
     counts = {
         "text_to_image": _write_jsonl(folder / "text_to_image.jsonl", progress, (
-            _text_to_image(sample_rng(seed, split, "request", i), split, writer, i) for i in range(sizes.images))),
+            _text_to_image(sample_rng(seed, split, "request", i), scenes, writer, i) for i in range(sizes.images))),
         "dialogue": _write_jsonl(folder / "dialogue.jsonl", progress, (
-            _dialogue(sample_rng(seed, split, "dialogue", i), split, writer, i) for i in range(sizes.dialogues))),
+            _dialogue(sample_rng(seed, split, "dialogue", i), scenes, writer, i) for i in range(sizes.dialogues))),
         "editing": _write_jsonl(folder / "editing.jsonl", progress, (
-            _editing(sample_rng(seed, split, "edit", i), split, writer, i) for i in range(sizes.edits))),
+            _editing(sample_rng(seed, split, "edit", i), scenes, writer, i) for i in range(sizes.edits))),
         "stories": _write_jsonl(folder / "stories.jsonl", progress, (
-            _story(sample_rng(seed, split, "story", i), split, writer, i) for i in range(sizes.stories))),
+            _story(sample_rng(seed, split, "story", i), scenes, writer, i) for i in range(sizes.stories))),
     }
     progress.close()
     return {"shard_samples": sizes.images, **counts}
@@ -100,7 +102,7 @@ def _write_shards(folder: Path, seed: int, split: str, count: int, shard_size: i
     for first in range(0, count, shard_size):
         with tarfile.open(folder / f"world-{first // shard_size:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
             for index in range(first, min(first + shard_size, count)):
-                scene = random_scene(sample_rng(seed, split, "image", index), split)
+                scene = random_scene(sample_rng(seed, split, "image", index), SCENE_SPLIT[split])
                 text = language.caption(scene)
                 key = f"{index:08d}"
                 _add_member(tar, f"{key}.png", png_bytes(render(scene)))

@@ -72,15 +72,16 @@ class StageRuns:
         data = self.out / "data"
         return ["--config", str(STAGE_CONFIGS[1]), *self._common(),
                 "--data.train", f"[{data}/train/shards/world-*.tar]",
-                "--data.validation", f"[{data}/test/shards/world-00000.tar]",
+                "--data.validation", f"[{data}/validation/shards/world-00000.tar]",
                 *(SHORT_STAGE1 if self.short else []), *extra]
 
     def stage2_arguments(self, init_from: Path, extra: tuple[str, ...] = ()) -> list[str]:
         """`train.stage2`'s command line for this folder, from the stage-1 adapter `init_from`."""
         data = self.out / "data"
-        files = ", ".join(str(data / "train" / file) for file in stage2_train_files())
+        files, validation = (", ".join(str(data / split / file) for file in stage2_files(split))
+                             for split in ("train", "validation"))
         return ["--config", str(STAGE_CONFIGS[2]), *self._common(), "--init-from", str(init_from),
-                "--data.train", f"[{files}]", "--data.validation", f"[{data}/test/dialogue.jsonl]", *extra]
+                "--data.train", f"[{files}]", "--data.validation", f"[{validation}]", *extra]
 
     def _common(self) -> list[str]:
         return ["--model.vlm", str(self.vlm), "--model.sdxl", str(self.out / "sdxl"), "--resume", "latest",
@@ -88,15 +89,17 @@ class StageRuns:
                 *([] if CPU_HAS_BF16_UNITS else FLOAT32)]
 
 
-def stage2_train_files() -> list[str]:
-    """The data set's files stage 2 trains on, as world_stage2.yaml names them (the recipe)."""
-    return [Path(path).name for path in read_yaml(STAGE_CONFIGS[2])["data"]["train"]]
+def stage2_files(split: str) -> list[str]:
+    """The files of a data split ("train" or "validation") that stage 2 reads, as
+    world_stage2.yaml names them (the recipe)."""
+    return [Path(path).name for path in read_yaml(STAGE_CONFIGS[2])["data"][split]]
 
 
 def prepare_runs(config: M3ftConfig) -> StageRuns:
     """The data set and the diffusers SDXL that every stage run of `config.out` shares."""
     out, weights = Path(config.out), WeightsLayout(Path(config.weights))
-    run_stage("data", out / "data" / "manifest.json", lambda: _write_data(out / "data", config))
+    # A data folder from before the validation split is written again (the same train and test bytes).
+    run_stage("data", out / "data" / "validation", lambda: _write_data(out / "data", config))
     run_stage("sdxl", out / "sdxl" / "model_index.json", lambda: _write_sdxl(out / "sdxl", weights))
     return StageRuns(out, weights.vlm, config.schedule == "short")
 

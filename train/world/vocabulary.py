@@ -49,7 +49,11 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("red", "star"), ("green", "circle"), ("blue", "triangle"), ("yellow", "cross"), ("purple", "square")}
 )
 
-SPLITS = ("train", "test")  # test: every sample shows at least one held-out pair
+# The data splits and the pairs each draws its scenes from. validation: new scenes of the
+# seen pairs, for choosing training settings (never tune on test); test: every sample
+# shows at least one held-out pair.
+SCENE_SPLIT = {"train": "train", "validation": "train", "test": "test"}
+SPLITS = tuple(SCENE_SPLIT)
 
 
 def cell_centre(row: int, column: int) -> tuple[float, float]:
