@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from train.config import ConfigError
 from train.world.__main__ import main
@@ -35,6 +36,7 @@ def _tiny_judge(out: Path, **overrides) -> JudgeConfig:
     (["unet", "--init", "no-such-unet.safetensors"], "init"),
     (["data", "--test-fraction", "2"], "test_fraction"),
     (["judge", "--learning-rate", "many"], "learning_rate"),
+    (["vlm", "--weight-decay", "-0.1"], "weight_decay"),
 ])
 def test_a_bad_config_is_refused_before_any_work(tmp_path, capsys, flags, field):
     out = tmp_path / "run"
@@ -71,6 +73,28 @@ def test_resuming_with_other_settings_is_refused_but_a_longer_run_is_allowed(tmp
         train_judge(_tiny_judge(tmp_path, steps=2, learning_rate=1e-2))
     # longer, and in float32: a run moved to a CPU without bf16 units continues there
     assert [p["step"] for p in train_judge(_tiny_judge(tmp_path, steps=4, bf16=False))] == [2, 4]
+
+
+def test_a_run_saved_before_weight_decay_existed_resumes(tmp_path):
+    train_judge(_tiny_judge(tmp_path), stop_after=2)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    with safe_open(checkpoint, framework="pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 - safe_open has no items()
+    config = json.loads(metadata["config"])
+    del config["weight_decay"]
+    save_file(tensors, checkpoint, metadata | {"config": json.dumps(config)})
+    assert [p["step"] for p in train_judge(_tiny_judge(tmp_path))] == [2, 4]
+    with pytest.raises(ResumeError, match="weight_decay"):
+        train_judge(_tiny_judge(tmp_path, steps=6, weight_decay=0.1))
+
+
+def test_weight_decay_pulls_the_trained_weights_towards_zero(tmp_path):
+    def squared_norm(out: Path, weight_decay: float) -> float:
+        train_judge(_tiny_judge(out, weight_decay=weight_decay))
+        return sum(float(tensor.float().square().sum()) for tensor in load_file(out / JUDGE_FILE).values())
+
+    assert squared_norm(tmp_path / "decayed", 20.0) < 0.9 * squared_norm(tmp_path / "plain", 0.0)
 
 
 def test_vae_run_writes_taesd_files_that_load_back(tmp_path):

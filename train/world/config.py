@@ -52,18 +52,20 @@ class TrainingConfig:
     evaluate_every: int = 100
     eval_images: int = 256
     bf16: bool = CPU_HAS_BF16_UNITS  # bfloat16 autocast, by default where the CPU has bf16 units
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the trained weights (0: none)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "evaluate_every", "eval_images"):
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}.")
         _check(self.warmup_steps >= 0, "warmup_steps", f"must be 0 or more, got {self.warmup_steps}.")
         _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}.")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be 0 or more, got {self.weight_decay}.")
         out = Path(self.out)
         _check(not out.exists() or out.is_dir(), "out", f"{out} exists and is not a folder; choose a folder.")
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(self.steps, self.learning_rate, self.warmup_steps, self.checkpoint_every,
-                            self.evaluate_every, self.bf16)
+                            self.evaluate_every, self.bf16, weight_decay=self.weight_decay)
 
 
 @dataclass(frozen=True)

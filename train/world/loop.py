@@ -41,6 +41,11 @@ LOG_NAME = "train.log"
 CHANGEABLE_ON_RESUME = ("steps", "checkpoint_every", "evaluate_every", "bf16")
 
 
+# Settings added since runs were first saved, with the value a run saved before them used,
+# so such a run still resumes.
+ADDED_SETTINGS = {"weight_decay": 0.0}
+
+
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key not in CHANGEABLE_ON_RESUME}
 
@@ -58,6 +63,7 @@ class LoopSettings:
     evaluate_every: int
     bf16: bool
     restart_at: int = 0  # > 0: a second schedule (warmup, cosine) runs from this step on
+    weight_decay: float = 0.0
 
 
 class WithAverage(torch.nn.Module):
@@ -130,7 +136,8 @@ def logged_to(path: Path) -> Iterator[None]:
 
 def _train(task: Trainable, settings: LoopSettings, run_folder: Path, config: dict[str, Any],
            stop_after: int | None) -> list[dict[str, float]]:
-    optimizer = torch.optim.AdamW(task.model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings))
     step = _resume(task.model, optimizer, schedule, run_folder / CHECKPOINT_NAME, config)
     curve = _read_curve(run_folder / CURVE_NAME, step)
@@ -208,7 +215,7 @@ def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, 
         return 0
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata()
-        saved_config = json.loads(metadata["config"])
+        saved_config = ADDED_SETTINGS | json.loads(metadata["config"])
         if _identity(saved_config) != _identity(json.loads(json.dumps(config))):
             raise ResumeError(
                 f"{path} was written by a run with other settings ({saved_config}); only "
