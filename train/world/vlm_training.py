@@ -81,11 +81,11 @@ class VlmTask:
         self.vlm.model.model.vision_tower.requires_grad_(False)  # frozen, as LLaVA-1.5 keeps CLIP
         text = self._text_loss(step)
         if not self.config.projector_vision_weight:
-            return text, {"text_loss": float(text)}
+            return text, {"text_loss": float(text.detach())}
         scenes = training_scenes(self.config.seed, step, self.config.batch_size)
         vision = vision_loss(self.projector_heads, projected_features(self.vlm, scenes), scenes)
-        return text + self.config.projector_vision_weight * vision, {"text_loss": float(text),
-                                                                     "projector_vision_loss": float(vision)}
+        return text + self.config.projector_vision_weight * vision, {"text_loss": float(text.detach()),
+                                                                     "projector_vision_loss": float(vision.detach())}
 
     def _text_loss(self, step: int) -> torch.Tensor:
         """L_text over the batch, fed as LENGTH_GROUPS forwards of turns of similar length
