@@ -20,11 +20,13 @@ def run_launchers(commands: list[list[str]], *, timeout: float, **popen_argument
                                   text=True, **popen_arguments) for command in commands]
     try:
         outputs = [launcher.communicate(timeout=timeout) for launcher in launchers]
-    except BaseException:
+    except BaseException as error:
         for launcher in launchers:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.communicate()
+            out, err = launcher.communicate()
+            # What a hung run printed last tells where it hung.
+            error.add_note(f"{' '.join(map(str, launcher.args))} printed last:\n{(out + err)[-4000:]}")
         raise
     return subprocess.CompletedProcess(launchers[0].args, max(launcher.returncode for launcher in launchers),
                                        "".join(out for out, _ in outputs), "".join(err for _, err in outputs))

@@ -5,6 +5,9 @@
 # unpacking), then tested side by side, each with its share of the cores as torch threads,
 # each output line prefixed with its environment. Exit status: the first failing one's.
 # An environment whose ComfyUI tree is not on the machine is skipped, saying so.
+# A test run still going after M2CHAT_TESTS_HUNG_AFTER_S seconds (default 4200: each
+# environment's tests take 20-25 minutes on 2 shared cores) is interrupted, so that pytest
+# prints where it hung and the run ends inside CI's 90 minutes; 0 turns the guard off.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ENVS=()
@@ -35,9 +38,11 @@ test_env() {  # test_env ENV [pytest arguments]
   echo "== $env_name environment: $("$venv/bin/python" "$ROOT/scripts/comfyui_env.py" --describe), $THREADS torch threads =="
   local start; start=$(date +%s)
   # A temporary folder and no pytest cache of its own: the environments run at the same time.
-  "$venv/bin/python" -m pytest "$ROOT/tests" -p no:cacheprovider \
+  timeout --signal=INT --kill-after=300 "${M2CHAT_TESTS_HUNG_AFTER_S:-4200}" \
+    "$venv/bin/python" -m pytest "$ROOT/tests" -p no:cacheprovider \
     --basetemp "${TMPDIR:-/tmp}/m2chat-tests-$env_name" "$@"
   local status=$?
+  [ "$status" != 124 ] || echo "== $env_name environment: INTERRUPTED, a test hung =="
   echo "== $env_name environment: tests took $(( $(date +%s) - start )) s, exit status $status =="
   return "$status"
 }
@@ -57,6 +62,11 @@ for pid in "${PIDS[@]}"; do
 done
 # The environments' outputs interleave: repeat each one's verdict, and what failed, last.
 for env_name in "${READY[@]}"; do
-  grep -a -E "^\[$env_name\] (FAILED|ERROR) |^\[$env_name\] == $env_name environment: tests took" "$LOGS/$env_name.log"
+  log=$LOGS/$env_name.log
+  grep -a -E "^\[$env_name\] (FAILED|ERROR) |^\[$env_name\] == $env_name environment: tests took" "$log"
+  if grep -q -a "^\[$env_name\] == $env_name environment: INTERRUPTED" "$log"; then
+    # pytest's progress line of the test file it was in when interrupted
+    echo "[$env_name] INTERRUPTED in: $(grep -a -E "^\[$env_name\] [^ ]+\.py " "$log" | tail -1)"
+  fi
 done
 exit "$result"

@@ -1,5 +1,6 @@
 """A launcher that hangs past its timeout is killed with every worker it started: killing the
-launcher alone left the workers of a hung `accelerate launch` running on, orphaned."""
+launcher alone left the workers of a hung `accelerate launch` running on, orphaned. The
+timeout's error carries what the launcher printed last, so a hung test says where it hung."""
 
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from process_groups import run_launcher
 LAUNCHER = """
 import subprocess, sys
 worker = subprocess.Popen(["sleep", "3600"])
+print("started worker", worker.pid, flush=True)  # before the file that ends the test's retries
 open(sys.argv[1], "w").write(str(worker.pid))
 worker.wait()
 """
@@ -31,11 +33,12 @@ def test_a_hung_launcher_is_killed_with_its_workers(tmp_path):
     worker_pid = tmp_path / "worker.pid"
     timeout = 1.0
     while not worker_pid.exists():  # a longer wait each time, until the worker had started before the timeout
-        with pytest.raises(subprocess.TimeoutExpired):
+        with pytest.raises(subprocess.TimeoutExpired) as hung:
             run_launcher([sys.executable, "-c", LAUNCHER, str(worker_pid)], timeout=timeout)
         timeout *= 2
         assert timeout < HUNG_AFTER_S
     pid = int(worker_pid.read_text())
+    assert f"started worker {pid}" in "".join(hung.value.__notes__)
     # SIGKILL ends a sleeping process at once; a minute is far above the worst case, and a
     # worker that was never signalled (the defect) sleeps on for an hour.
     deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from comfyui_env import HUNG_AFTER_S
 from safetensors.torch import load_file
 
 from m2chat_core.adapter_file import load_adapter_file
@@ -196,7 +197,7 @@ def test_unet_training_without_comfyui_says_where_to_get_it(tmp_path):
     (tmp_path / "vae").mkdir()
     result = subprocess.run([sys.executable, "-m", "train.world", "unet", "--out", str(tmp_path / "run"),
                              "--vae", str(tmp_path / "vae"), "--judge", ""],
-                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=3600)
+                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=HUNG_AFTER_S)
     assert result.returncode == 2, result.stderr
     assert "COMFYUI_PATH" in result.stderr and "Traceback" not in result.stderr
 
