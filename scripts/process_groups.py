@@ -10,24 +10,39 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
+import time
 
 
 def run_launchers(commands: list[list[str]], *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
     """Start every command (e.g. one torchrun agent per simulated node), wait for all, and
-    return the first one's arguments, the worst exit status and their joined outputs. If a
-    wait passes `timeout` or is interrupted, every process of every group is killed."""
-    launchers = [subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, **popen_arguments) for command in commands]
-    try:
-        outputs = [launcher.communicate(timeout=timeout) for launcher in launchers]
-    except BaseException as error:
-        for launcher in launchers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(launcher.pid, signal.SIGKILL)
-            out, err = launcher.communicate()
-            # What a hung run printed last tells where it hung.
-            error.add_note(f"{' '.join(map(str, launcher.args))} printed last:\n{(out + err)[-4000:]}")
-        raise
+    return the first one's arguments, the worst exit status and their joined outputs. If the
+    wait passes `timeout` or is interrupted, every process of every group is killed. Outputs
+    go to files, not pipes: a launcher whose pipe nobody read while the wait was on another
+    would block writing, and its peers wait for it in their collectives."""
+    with contextlib.ExitStack() as files:
+        logs = [tuple(files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2)) for _ in commands]
+        launchers = [subprocess.Popen(command, start_new_session=True, stdout=out, stderr=err, text=True,
+                                      **popen_arguments) for command, (out, err) in zip(commands, logs)]
+
+        def printed(index: int) -> tuple[str, str]:
+            for log in logs[index]:
+                log.seek(0)
+            return logs[index][0].read(), logs[index][1].read()
+
+        deadline = time.monotonic() + timeout
+        try:
+            for launcher in launchers:
+                launcher.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException as error:
+            for index, launcher in enumerate(launchers):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+                # What a hung run printed last tells where it hung.
+                error.add_note(f"{' '.join(map(str, launcher.args))} printed last:\n{''.join(printed(index))[-4000:]}")
+            raise
+        outputs = [printed(index) for index in range(len(launchers))]
     return subprocess.CompletedProcess(launchers[0].args, max(launcher.returncode for launcher in launchers),
                                        "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from comfyui_env import HUNG_AFTER_S
-from process_groups import run_launcher
+from process_groups import run_launcher, run_launchers
 
 # A launcher that starts a worker, says which, and waits for it (as torchrun does).
 LAUNCHER = """
@@ -50,3 +50,14 @@ def test_a_hung_launcher_is_killed_with_its_workers(tmp_path):
 def test_a_finished_launcher_returns_its_status_and_outputs():
     result = run_launcher([sys.executable, "-c", "import sys; print('out'); sys.exit('err')"], timeout=HUNG_AFTER_S)
     assert (result.returncode, result.stdout, result.stderr) == (1, "out\n", "err\n")
+
+
+def test_a_launcher_printing_more_than_a_pipe_holds_does_not_block_its_peer(tmp_path):
+    """The second launcher prints 1 MB before it lets the first one end, as a node's agent
+    logs while its peer waits for it in a collective: with the outputs in pipes read one
+    launcher after the other, the second blocked writing and both waited for ever."""
+    done = tmp_path / "done"
+    waiter = f"import pathlib, time\nwhile not pathlib.Path({str(done)!r}).exists(): time.sleep(0.01)"
+    talker = f"import pathlib\nprint('x' * 1_000_000, flush=True)\npathlib.Path({str(done)!r}).touch()"
+    result = run_launchers([[sys.executable, "-c", waiter], [sys.executable, "-c", talker]], timeout=HUNG_AFTER_S)
+    assert result.returncode == 0 and result.stdout.count("x") == 1_000_000
