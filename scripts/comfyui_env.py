@@ -40,7 +40,7 @@ def prepare_base_directory(base: Path, world: WeightsLayout = SHIPPED) -> Path:
         if not link.is_symlink():
             link.symlink_to(target, target_is_directory=True)
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_models.py"), str(base / "models")],
-                   check=True, capture_output=True, text=True)
+                   check=True, capture_output=True, text=True, timeout=HUNG_AFTER_S)
     world.install(base / "models")
     return base
 

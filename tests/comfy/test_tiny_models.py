@@ -4,12 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from comfyui_env import REPO
+from comfyui_env import HUNG_AFTER_S, REPO
 
 
 def _build(out: Path, seed: int) -> dict[str, bytes]:
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_tiny_models.py"), str(out),
-                    "--seed", str(seed)], check=True, capture_output=True)
+                    "--seed", str(seed)], check=True, capture_output=True, timeout=HUNG_AFTER_S)
     return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*"))
             if path.is_file()}
 

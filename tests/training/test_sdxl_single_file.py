@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import torch
+from comfyui_env import HUNG_AFTER_S
 from safetensors.torch import load_file, save_file
 
 from harness.training import REPO_ROOT
@@ -16,7 +17,7 @@ from train.trainer import DEFAULT_EXPORT_NAME
 def test_single_file_sdxl_loads_the_folders_weights_and_trains(assets, runner, tmp_path):
     single_file = tmp_path / "sdxl-single.safetensors"
     subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "sdxl_single_file.py"), str(assets / "sdxl"),
-                    str(single_file)], check=True, capture_output=True)
+                    str(single_file)], check=True, capture_output=True, timeout=HUNG_AFTER_S)
     state = load_file(single_file)
     state["model.diffusion_model.out.2.bias"] += 1.0  # proves the weights come from the file
     save_file(state, single_file)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfyui_env import HUNG_AFTER_S
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -356,5 +357,6 @@ def test_same_adapter_gives_byte_identical_files_across_processes(tmp_path):
               "build_tiny_adapter(sys.argv[1], vlm_hidden_size=32, vision_feature_size=16, trained_on_vlm='x')")
     files = [tmp_path / f"{i}.safetensors" for i in range(3)]
     for path in files:
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=Path(__file__).parents[2])
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=Path(__file__).parents[2],
+                       timeout=HUNG_AFTER_S)
     assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
