@@ -293,7 +293,7 @@ class VlmConfig(TrainingConfig):
     attribute_weight: float = 4.0  # L_text weight of the shape and size words
     position_weight: float = 1.0  # L_text weight of the position words (top, bottom, left, right, middle)
     word_dropout: float = 0.3  # probability that a written colour or shape word is hidden from the input
-    weight_decay: float = 0.1  # AdamW's decoupled decay: held-out pairs' words for any seed (README)
+    weight_decay: float = 0.1  # AdamW's decoupled decay: held-out pairs' words on both seeds tried (README)
 
     def __post_init__(self) -> None:
         super().__post_init__()
