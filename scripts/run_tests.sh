@@ -38,11 +38,14 @@ test_env() {  # test_env ENV [pytest arguments]
   echo "== $env_name environment: $("$venv/bin/python" "$ROOT/scripts/comfyui_env.py" --describe), $THREADS torch threads =="
   local start; start=$(date +%s)
   # A temporary folder and no pytest cache of its own: the environments run at the same time.
-  timeout --signal=INT --kill-after=300 "${M2CHAT_TESTS_HUNG_AFTER_S:-4200}" \
+  timeout --signal=INT --kill-after=120 "${M2CHAT_TESTS_HUNG_AFTER_S:-4200}" \
     "$venv/bin/python" -m pytest "$ROOT/tests" -p no:cacheprovider \
     --basetemp "${TMPDIR:-/tmp}/m2chat-tests-$env_name" "$@"
   local status=$?
-  [ "$status" != 124 ] || echo "== $env_name environment: INTERRUPTED, a test hung =="
+  case $status in  # timeout's own statuses: interrupted, or killed 2 minutes after that
+    124) echo "== $env_name environment: INTERRUPTED, a test hung ==" ;;
+    137) echo "== $env_name environment: INTERRUPTED and killed: a test hung past the interrupt, or memory ran out ==" ;;
+  esac
   echo "== $env_name environment: tests took $(( $(date +%s) - start )) s, exit status $status =="
   return "$status"
 }
