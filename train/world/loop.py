@@ -215,12 +215,14 @@ def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, 
         return 0
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata()
-        saved_config = ADDED_SETTINGS | json.loads(metadata["config"])
-        if _identity(saved_config) != _identity(json.loads(json.dumps(config))):
+        saved, wanted = _identity(ADDED_SETTINGS | json.loads(metadata["config"])), _identity(json.loads(json.dumps(config)))
+        differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
+        if differing:
             raise ResumeError(
-                f"{path} was written by a run with other settings ({saved_config}); only "
-                f"{', '.join(CHANGEABLE_ON_RESUME)} may change on resume. Use a new output folder, "
-                "or delete the checkpoint to start over.")
+                f"{path} was written by a run with other settings: "
+                + "; ".join(f"{key} {saved.get(key)!r} there, {wanted.get(key)!r} now" for key in differing)
+                + f". Only {', '.join(CHANGEABLE_ON_RESUME)} may change on resume: run with the checkpoint's "
+                "values to continue it, use a new output folder, or delete the checkpoint to start over.")
         tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 - safe_open has no items()
     model.load_state_dict({key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")})
     state = {}
