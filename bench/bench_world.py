@@ -29,6 +29,11 @@ scripts/world_graphs.py) is missed.
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
         [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
+        [--sampler NAME] [--scheduler NAME]   (KSampler's, default euler / normal: the tables')
+        [--negative row|zero|empty]   (default row: each row its own negative, as the tables;
+                                       zero or empty: every row against the all-zero negative
+                                       or the empty caption's encoding)
+Figures drawn otherwise than the tables' protocol say so in each table's heading.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
@@ -50,8 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
 from world_graphs import (  # noqa: E402
     CONDITIONINGS,
+    NEGATIVES,
     ROW_LABELS,
     EncodeRow,
+    Sampling,
     encode_row,
     held_out_dialogues,
     held_out_edits,
@@ -66,7 +74,6 @@ from train.evaluate.clip_model import load_local_clip  # noqa: E402
 from train.world.files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
 from train.world.report import ABLATIONS, MISSED_TARGETS_EXIT  # noqa: E402
-from train.world.sdxl import SAMPLER_STEPS  # noqa: E402
 from train.world.training import load_judge  # noqa: E402
 
 
@@ -106,7 +113,7 @@ class FigureCache:
         self.directory = directory
 
     def keys(self, prompts: int, world: WeightsLayout, world_adapter: Path | None, extra: dict[str, Path],
-             rows: Iterable[str], steps: int = SAMPLER_STEPS) -> dict[str, dict | None]:
+             rows: Iterable[str], sampling: Sampling = Sampling()) -> dict[str, dict | None]:
         """Each row's key (hashing the models only where there is a cache to check them against):
         the adapter is the file the row reads (--adapter's, else the m2chat rows' own), None
         for the rows without one."""
@@ -120,7 +127,7 @@ class FigureCache:
                 return digest(extra[row])
             reads = encode_row(row)  # None for zero and caption; the fallback reads no adapter
             return own if reads and reads.adapter else None
-        return {row: {"prompts": prompts, "steps": steps, "weights": models, "adapter": adapter(row)}
+        return {row: {"prompts": prompts, **asdict(sampling), "weights": models, "adapter": adapter(row)}
                 for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
@@ -161,12 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the tables here, one per task")
     parser.add_argument("--cache", type=Path, help="keep each row's figures here; a rerun measures only what is "
                                                    "missing or was measured on other models")
-    parser.add_argument("--steps", type=int, default=SAMPLER_STEPS,
+    parser.add_argument("--steps", type=int, default=Sampling.steps,
                         help="KSampler steps per picture (default: the tables' protocol; fewer for a quick look, "
                              "whose figures are not comparable with the tables')")
+    parser.add_argument("--sampler", default=Sampling.sampler, help="KSampler's sampler_name (default: the tables')")
+    parser.add_argument("--scheduler", default=Sampling.scheduler, help="KSampler's scheduler (default: the tables')")
+    parser.add_argument("--negative", choices=NEGATIVES, default=Sampling.negative,
+                        help="row: each row its own negative (the tables' protocol); zero or empty: every row "
+                             "against the all-zero negative or the empty caption's encoding")
     options = parser.parse_args(argv)
-    if options.steps < 1:
-        parser.error(f"--steps must be at least 1, got {options.steps}")
+    try:
+        sampling = Sampling(options.steps, options.sampler, options.scheduler, options.negative)
+    except ValueError as error:
+        parser.error(str(error))
     # Stopped by a signal (a killed report): leave through `finally`, which stops the server.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     rows, tasks = options.rows.split(","), options.tasks.split(",")
@@ -176,9 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     clip = load_local_clip(world.clip, torch.device("cpu")) if world.clip.is_dir() else None
     conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
-    keys = cache.keys(options.prompts, world, options.world_adapter, extra, conditionings, options.steps)
-    measured_on = f"{options.prompts} held-out cases" + (
-        f", {options.steps} KSampler steps" if options.steps != SAMPLER_STEPS else "")
+    keys = cache.keys(options.prompts, world, options.world_adapter, extra, conditionings, sampling)
+    measured_on = ", ".join(filter(None, [f"{options.prompts} held-out cases", sampling.differences()]))
     figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
         try:
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     if found is None:
                         server = server or _start_server(Path(base), world, options.world_adapter, extra)
                         found = cache.put(task, row, keys[row],
-                                          measure(server, judge, conditioning, cases, clip, options.steps))
+                                          measure(server, judge, conditioning, cases, clip, sampling))
                     figures[task][row] = found
                 print(f"{task}, {measured_on}:\n{table(figures[task])}\n", flush=True)
         finally:

@@ -145,12 +145,55 @@ def encode_row_graph(row: EncodeRow, case: Case, seed: int, source_image: str | 
     return graph
 
 
-def with_sampler_steps(graph: dict, steps: int) -> dict:
-    """`graph` with every KSampler at `steps` steps (SAMPLER_STEPS is the tables' protocol)."""
-    for node in graph.values():
-        if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = steps
-    return graph
+NEGATIVES = ("row", "zero", "empty")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How every KSampler of a measured graph draws. The default is the tables' protocol:
+    SAMPLER_STEPS steps of euler, each row against its own negative (the caption rows: the
+    empty caption's encoding, as users wire CLIPTextEncode; M2Chat rows: the all-zero
+    negative of the pack's nodes, as the authors sample). `negative` "zero" or "empty" puts
+    every row against that one; `sampler` and `scheduler` are KSampler's choices."""
+
+    steps: int = SAMPLER_STEPS
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    negative: str = "row"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}.")
+        if self.negative not in NEGATIVES:
+            raise ValueError(f"negative must be one of {', '.join(NEGATIVES)}, got {self.negative!r}.")
+
+    def applied(self, graph: dict) -> dict:
+        """`graph` with every KSampler drawing this way."""
+        negative = None
+        if self.negative != "row":
+            graph["empty_caption"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}}
+            negative = ["empty_caption", 0]
+        if self.negative == "zero":
+            graph["zeroed_caption"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": negative}}
+            negative = ["zeroed_caption", 0]
+        for node in graph.values():
+            if node["class_type"] == "KSampler":
+                node["inputs"].update(steps=self.steps, sampler_name=self.sampler, scheduler=self.scheduler)
+                if negative:
+                    node["inputs"]["negative"] = negative
+        return graph
+
+    def differences(self) -> str:
+        """What differs from the tables' protocol, for a table's heading ("" where nothing does)."""
+        protocol, changed = Sampling(), []
+        if self.steps != protocol.steps:
+            changed.append(f"{self.steps} KSampler steps")
+        if (self.sampler, self.scheduler) != (protocol.sampler, protocol.scheduler):
+            changed.append(f"sampler {self.sampler} / {self.scheduler}")
+        if self.negative != protocol.negative:
+            common = "the all-zero negative" if self.negative == "zero" else "the empty caption"
+            changed.append(f"every row against {common}")
+        return ", ".join(changed)
 
 
 def run_graphs(server, graphs: list[dict]) -> list[dict]:
@@ -273,7 +316,7 @@ def story_graph(row: EncodeRow, case: StoryCase, seed: int) -> dict:
 
 
 def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase],
-                    steps: int = SAMPLER_STEPS) -> dict[str, float]:
+                    sampling: Sampling = Sampling()) -> dict[str, float]:
     """Each premise drawn as a story (seed = its index), every panel read by the judge:
     caption_followed  panels showing exactly what their caption says (every attribute; a
                       caption that is not a canonical one counts as not followed);
@@ -281,8 +324,7 @@ def measure_stories(server, judge: Judge, row: EncodeRow, cases: list[StoryCase]
     consistent        stories whose panels all show one object of the same shape (a story
                       recolours, resizes and moves its object, never reshapes it)."""
     followed, first, consistent = [], [], []
-    stories = run_graphs(server, [with_sampler_steps(story_graph(row, case, seed), steps)
-                                  for seed, case in enumerate(cases)])
+    stories = run_graphs(server, [sampling.applied(story_graph(row, case, seed)) for seed, case in enumerate(cases)])
     for case, outputs in zip(cases, stories, strict=True):
         captions = outputs["captions"]["text"][0].split("\n")
         seen = read_scenes(judge, to_tensor(_open(saved(server, outputs))))
@@ -310,17 +352,17 @@ def graph_for(conditioning: str | EncodeRow, case: Case, seed: int, source_image
 
 
 def measure(server, judge: Judge, conditioning: str | EncodeRow, cases: list[Case] | list[StoryCase],
-            clip: LocalCLIP | None = None, steps: int = SAMPLER_STEPS) -> dict[str, float]:
+            clip: LocalCLIP | None = None, sampling: Sampling = Sampling()) -> dict[str, float]:
     """Draw every case (seed = its index) with one conditioning (a CONDITIONINGS name, or an
     EncodeRow); the judge's accuracy and, where the VLM wrote captions (M2ChatEncode rows),
     their BLEU-1 and ROUGE-L against the reference caption of the scene, as fractions, and
     for dialogues, with `clip`, their InterRel (dialogue_inter_rel).
-    Stories: measure_stories (M2Chat rows only). KSampler at `steps` steps."""
+    Stories: measure_stories (M2Chat rows only). Every KSampler draws as `sampling` says."""
     if cases and isinstance(cases[0], StoryCase):
-        return measure_stories(server, judge, encode_row(conditioning), cases, steps)
+        return measure_stories(server, judge, encode_row(conditioning), cases, sampling)
     sources = [input_picture(server.base_directory, case.source, f"world-source-{seed:04d}.png").name
                if case.source is not None else None for seed, case in enumerate(cases)]  # the pictures to edit
-    drawn = run_graphs(server, [with_sampler_steps(graph_for(conditioning, case, seed, source), steps)
+    drawn = run_graphs(server, [sampling.applied(graph_for(conditioning, case, seed, source))
                                 for seed, (case, source) in enumerate(zip(cases, sources, strict=True))])
     pictures = [saved(server, outputs)[0] for outputs in drawn]
     captions = [_caption_shown(outputs) for outputs in drawn]

@@ -16,16 +16,19 @@ the bench's figures quoted below say at how many steps they were drawn
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from world_graphs import (dialogue_inter_rel, graph_for, held_out_dialogues, held_out_edits, held_out_prompts,
-                          measure, run_graphs, with_sampler_steps)
+from PIL import Image
+from world_graphs import (Sampling, dialogue_inter_rel, graph_for, held_out_dialogues, held_out_edits,
+                          held_out_prompts, measure, run_graphs, saved)
 
 from train.evaluate.clip_model import load_local_clip
 from train.world.layout import SHIPPED
 from train.world.training import load_judge
 
-PROMPTS, DIALOGUES, STEPS = 32, 8, 10
+PROMPTS, DIALOGUES = 32, 8
+SAMPLING = Sampling(steps=10)  # the tables' protocol at half the steps
 # The rows expected at chance (zero conditioning, the gate fixed at 0) on the first 16: their
 # ceilings (at most 0.7 background, 0.25 colour and shape) are far above chance (1/3, 1/48)
 # and far below a row that follows the prompts, at 16 cases as at 32.
@@ -35,16 +38,16 @@ AT_CHANCE = 16
 @pytest.fixture(scope="module")
 def figures(comfy_server):
     judge, prompts = load_judge(SHIPPED.judge), held_out_prompts(PROMPTS)
-    followed = {row: measure(comfy_server, judge, row, prompts, steps=STEPS)
+    followed = {row: measure(comfy_server, judge, row, prompts, sampling=SAMPLING)
                 for row in ("caption", "fallback", "m2chat")}
-    return {**followed, "zero": measure(comfy_server, judge, "zero", prompts[:AT_CHANCE], steps=STEPS)}
+    return {**followed, "zero": measure(comfy_server, judge, "zero", prompts[:AT_CHANCE], sampling=SAMPLING)}
 
 
 @pytest.fixture(scope="module")
 def edit_figures(comfy_server):
     judge, edits = load_judge(SHIPPED.judge), held_out_edits(PROMPTS)
-    return {"m2chat": measure(comfy_server, judge, "m2chat", edits, steps=STEPS),
-            "m2chat_gate0": measure(comfy_server, judge, "m2chat_gate0", edits[:AT_CHANCE], steps=STEPS)}
+    return {"m2chat": measure(comfy_server, judge, "m2chat", edits, sampling=SAMPLING),
+            "m2chat_gate0": measure(comfy_server, judge, "m2chat_gate0", edits[:AT_CHANCE], sampling=SAMPLING)}
 
 
 def test_pictures_follow_the_captions_background(figures):
@@ -97,8 +100,30 @@ def test_interrel_scores_each_dialogue_against_its_own_conversation(comfy_server
     M²Chat's dialogues: against the scenes of the conversation that was held it is higher
     than against another conversation's (the references shifted by one dialogue)."""
     clip, dialogues = load_local_clip(SHIPPED.clip, torch.device("cpu")), held_out_dialogues(DIALOGUES)
-    drawn = run_graphs(comfy_server, [with_sampler_steps(graph_for("m2chat", case, seed, None), STEPS)
+    drawn = run_graphs(comfy_server, [SAMPLING.applied(graph_for("m2chat", case, seed, None))
                                       for seed, case in enumerate(dialogues)])
     own = dialogue_inter_rel(comfy_server, clip, dialogues, drawn)
     other = dialogue_inter_rel(comfy_server, clip, dialogues[1:] + dialogues[:1], drawn)
     assert own > other + 0.3, (own, other)  # bench, 64 dialogues at 20 steps: 0.65; the references against each other: 0.02
+
+
+def test_a_common_negative_replaces_each_rows_own(comfy_server):
+    """bench_world's --negative: the caption row drawn against the empty caption is the
+    row as it is (that is its own negative, byte for byte), against the all-zero negative
+    (the M2Chat rows' own) it draws other pictures; an M2Chat row against the empty caption
+    draws other pictures than against its own all-zero negative."""
+    cases = held_out_prompts(2)
+
+    def pictures(row: str, negative: str) -> np.ndarray:
+        sampling = Sampling(steps=2, negative=negative)
+        drawn = run_graphs(comfy_server, [sampling.applied(graph_for(row, case, seed, None))
+                                          for seed, case in enumerate(cases)])
+        return np.stack([np.asarray(Image.open(saved(comfy_server, outputs)[0]).convert("RGB")) for outputs in drawn])
+
+    def differ(one: np.ndarray, other: np.ndarray) -> list[bool]:
+        return [bool((a != b).any()) for a, b in zip(one, other, strict=True)]
+
+    caption = pictures("caption", "row")
+    assert differ(pictures("caption", "empty"), caption) == [False, False]
+    assert differ(pictures("caption", "zero"), caption) == [True, True]
+    assert differ(pictures("m2chat", "empty"), pictures("m2chat", "row")) == [True, True]

@@ -204,8 +204,8 @@ def test_unet_training_without_comfyui_says_where_to_get_it(tmp_path):
 
 def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path):
     """The m2chat rows' adapter named explicitly or read from the weights folder is the same
-    key (no measuring again); rows without an adapter do not depend on it; every row depends on the
-    KSampler steps."""
+    key (no measuring again); rows without an adapter do not depend on it; every row depends on how
+    the KSampler draws (steps, sampler, negative)."""
     spec = importlib.util.spec_from_file_location("bench_world", REPO / "bench" / "bench_world.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -217,5 +217,6 @@ def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path)
     other = cache.keys(64, world, stage1, {"stage1": stage1}, rows)
     assert [row for row in rows if other[row] != implicit[row]] == ["m2chat", "m2chat_gate0"]
     assert implicit["stage1"]["adapter"] == other["m2chat"]["adapter"] != implicit["m2chat"]["adapter"]
-    fewer_steps = cache.keys(64, world, None, {"stage1": stage1}, rows, steps=2)  # figures of another protocol
-    assert all(fewer_steps[row] != implicit[row] for row in rows)
+    for other_protocol in (bench.Sampling(steps=2), bench.Sampling(sampler="ddim"), bench.Sampling(negative="zero")):
+        drawn_otherwise = cache.keys(64, world, None, {"stage1": stage1}, rows, other_protocol)
+        assert all(drawn_otherwise[row] != implicit[row] for row in rows)
