@@ -93,17 +93,24 @@ def _sampled(positive: list, negative: list, seed: int, prefix: str) -> dict:
     return graph
 
 
+def _encoded(text: str) -> dict:
+    """CLIPTextEncode of `text` through the world's text encoders (node "clip" of _sampled)."""
+    return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["clip", 0]}}
+
+
+def _zeroed(conditioning: list) -> dict:
+    return {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": conditioning}}
+
+
 def caption_graph(text: str, seed: int) -> dict:
     graph = _sampled(["positive", 0], ["negative", 0], seed, "world-caption")
-    graph["positive"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["clip", 0]}}
-    graph["negative"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}}
+    graph["positive"], graph["negative"] = _encoded(text), _encoded("")
     return graph
 
 
 def zero_graph(seed: int) -> dict:
     graph = _sampled(["zero", 0], ["zero", 0], seed, "world-zero")
-    graph["text"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}}
-    graph["zero"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["text", 0]}}
+    graph["text"], graph["zero"] = _encoded(""), _zeroed(["text", 0])
     return graph
 
 
@@ -171,11 +178,9 @@ class Sampling:
         """`graph` with every KSampler drawing this way."""
         negative = None
         if self.negative != "row":
-            graph["empty_caption"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}}
-            negative = ["empty_caption", 0]
+            graph["empty_caption"], negative = _encoded(""), ["empty_caption", 0]
         if self.negative == "zero":
-            graph["zeroed_caption"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": negative}}
-            negative = ["zeroed_caption", 0]
+            graph["zeroed_caption"], negative = _zeroed(negative), ["zeroed_caption", 0]
         for node in graph.values():
             if node["class_type"] == "KSampler":
                 node["inputs"].update(steps=self.steps, sampler_name=self.sampler, scheduler=self.scheduler)

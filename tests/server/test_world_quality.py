@@ -109,7 +109,7 @@ def test_interrel_scores_each_dialogue_against_its_own_conversation(comfy_server
 
 def test_a_common_negative_replaces_each_rows_own(comfy_server):
     """bench_world's --negative: the caption row drawn against the empty caption is the
-    row as it is (that is its own negative, byte for byte), against the all-zero negative
+    row as it is (that is its own negative: the same pixels), against the all-zero negative
     (the M2Chat rows' own) it draws other pictures; an M2Chat row against the empty caption
     draws other pictures than against its own all-zero negative."""
     cases = held_out_prompts(2)
