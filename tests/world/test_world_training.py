@@ -69,7 +69,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 def test_resuming_with_other_settings_is_refused_but_a_longer_run_is_allowed(tmp_path):
     train_judge(_tiny_judge(tmp_path, steps=2, bf16=True))
-    with pytest.raises(ResumeError, match=r"settings: learning_rate 0\.\d+ there, 0\.01 now\. Only"):
+    with pytest.raises(ResumeError, match=r"settings: learning_rate: 0\.\d+ -> 0\.01\. Only"):
         train_judge(_tiny_judge(tmp_path, steps=2, learning_rate=1e-2))
     # longer, and in float32: a run moved to a CPU without bf16 units continues there
     assert [p["step"] for p in train_judge(_tiny_judge(tmp_path, steps=4, bf16=False))] == [2, 4]
@@ -85,7 +85,7 @@ def test_a_run_saved_before_weight_decay_existed_resumes(tmp_path):
     del config["weight_decay"]
     save_file(tensors, checkpoint, metadata | {"config": json.dumps(config)})
     assert [p["step"] for p in train_judge(_tiny_judge(tmp_path))] == [2, 4]
-    with pytest.raises(ResumeError, match=r"settings: weight_decay 0\.0 there, 0\.1 now\. Only"):
+    with pytest.raises(ResumeError, match=r"settings: weight_decay: 0\.0 -> 0\.1\. Only"):
         train_judge(_tiny_judge(tmp_path, steps=6, weight_decay=0.1))
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..settings_changes import changed_settings
 from .config import EvaluateConfig
 
 SETTINGS_FILE = "settings.json"
@@ -57,13 +58,7 @@ class GenerationStore:
         """Record `settings` in a new folder; in a used one, refuse different ones."""
         path = self.output_dir / SETTINGS_FILE
         if path.is_file():
-            recorded = json.loads(path.read_text())
-            changed = sorted(
-                f"{section}.{name}: {recorded.get(section, {}).get(name)!r} -> {value!r}"
-                for section, values in settings.items()
-                for name, value in values.items()
-                if recorded.get(section, {}).get(name) != value
-            )
+            changed = changed_settings(_flat(json.loads(path.read_text())), _flat(settings))
             if changed:
                 raise OutputDirError(
                     f"{self.output_dir} holds generations made with other settings ({'; '.join(changed)}). "
@@ -97,6 +92,11 @@ class GenerationStore:
         path = self.image_path(system, item_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, png)
+
+
+def _flat(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`section.name` -> value."""
+    return {f"{section}.{name}": value for section, values in settings.items() for name, value in values.items()}
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..settings_changes import changed_settings
 from .files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -216,12 +217,11 @@ def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, 
     with safe_open(path, framework="pt") as file:
         metadata = file.metadata()
         saved, wanted = _identity(ADDED_SETTINGS | json.loads(metadata["config"])), _identity(json.loads(json.dumps(config)))
-        differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
-        if differing:
+        changed = changed_settings(saved, wanted)
+        if changed:
             raise ResumeError(
-                f"{path} was written by a run with other settings: "
-                + "; ".join(f"{key} {saved.get(key)!r} there, {wanted.get(key)!r} now" for key in differing)
-                + f". Only {', '.join(CHANGEABLE_ON_RESUME)} may change on resume: run with the checkpoint's "
+                f"{path} was written by a run with other settings: {'; '.join(changed)}. "
+                f"Only {', '.join(CHANGEABLE_ON_RESUME)} may change on resume: run with the checkpoint's "
                 "values to continue it, use a new output folder, or delete the checkpoint to start over.")
         tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 - safe_open has no items()
     model.load_state_dict({key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")})
