@@ -5,6 +5,7 @@ generator seeded by (seed, epoch, batch), so `--resume latest` continues exactly
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import math
@@ -587,8 +588,18 @@ class Trainer:
         if skipped and self.accelerator.is_main_process:
             summary = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
             logger.warning("Skipped %d bad samples in training (%s)", sum(skipped.values()), summary)
+        self.release_distributed_model()
         self.accelerator.end_training()
         return FitResult(self.global_step, export_path, self.validation, skipped)
+
+    def release_distributed_model(self) -> None:
+        """Free the wrapped model (DDP's Reducer) while the process group is still registered.
+        Freed after `end_training`, the Reducer held the group's last reference and freed it
+        itself, joining gloo's threads with the GIL held: a deadlock when one of them was still
+        releasing a tensor (a two-process run hung at exit in CI)."""
+        self.model = self.optimizer = self.lr_scheduler = None
+        self.accelerator.free_memory()
+        gc.collect()  # the wrapper's reference cycles, before the group goes
 
 
 def refuse_duplicate_runs(num_processes: int) -> None:
