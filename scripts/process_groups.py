@@ -1,7 +1,8 @@
 """Distributed launchers (torchrun, accelerate launch) run to the end, each in a session of
 its own, so that a hung or interrupted run takes its worker processes down with it: killing
-only the launcher left its workers running on, orphaned, holding cores and ports. And a
-free port for their rendezvous."""
+only the launcher left its workers running on, orphaned, holding cores and ports. torchrun
+starts each worker in a session of its own too, so the workers are found as the launcher's
+descendants, not by its process group. And a free port for their rendezvous."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import socket
 import subprocess
 import tempfile
 import time
+
+import psutil
 
 
 def run_launchers(commands: list[list[str]], *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:
@@ -36,8 +39,7 @@ def run_launchers(commands: list[list[str]], *, timeout: float, **popen_argument
                 launcher.wait(timeout=max(0.0, deadline - time.monotonic()))
         except BaseException as error:
             for index, launcher in enumerate(launchers):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(launcher.pid, signal.SIGKILL)
+                _kill_with_descendants(launcher.pid)
                 launcher.wait()
                 # What a hung run printed last tells where it hung.
                 error.add_note(f"{' '.join(map(str, launcher.args))} printed last:\n{''.join(printed(index))[-4000:]}")
@@ -45,6 +47,24 @@ def run_launchers(commands: list[list[str]], *, timeout: float, **popen_argument
         outputs = [printed(index) for index in range(len(launchers))]
     return subprocess.CompletedProcess(launchers[0].args, max(launcher.returncode for launcher in launchers),
                                        "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
+
+
+def _kill_with_descendants(pid: int) -> None:
+    """SIGKILL the process group `pid` leads and every descendant of `pid` with its own group.
+    The launcher is stopped first, so that it starts no new worker while its tree is read."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    groups = {pid}
+    for descendant in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            groups.add(os.getpgid(descendant.pid))
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
 
 def run_launcher(command: list[str], *, timeout: float, **popen_arguments) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """A launcher that hangs past its timeout is killed with every worker it started: killing the
-launcher alone left the workers of a hung `accelerate launch` running on, orphaned. The
+launcher alone left the workers of a hung `accelerate launch` running on, orphaned, and a
+worker in a session of its own (as torchrun starts them) outlived its launcher's group. The
 timeout's error carries what the launcher printed last, so a hung test says where it hung."""
 
 import subprocess
@@ -11,10 +12,11 @@ import pytest
 from comfyui_env import HUNG_AFTER_S
 from process_groups import run_launcher, run_launchers
 
-# A launcher that starts a worker, says which, and waits for it (as torchrun does).
+# A launcher that starts a worker, says which, and waits for it (as torchrun does, which
+# starts each worker in a session of its own).
 LAUNCHER = """
 import subprocess, sys
-worker = subprocess.Popen(["sleep", "3600"])
+worker = subprocess.Popen(["sleep", "3600"], start_new_session=sys.argv[2] == "own-session")
 print("started worker", worker.pid, flush=True)  # before the file that ends the test's retries
 open(sys.argv[1], "w").write(str(worker.pid))
 worker.wait()
@@ -29,12 +31,13 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_hung_launcher_is_killed_with_its_workers(tmp_path):
+@pytest.mark.parametrize("session", ["launcher's session", "own-session"])
+def test_a_hung_launcher_is_killed_with_its_workers(tmp_path, session):
     worker_pid = tmp_path / "worker.pid"
     timeout = 1.0
     while not worker_pid.exists():  # a longer wait each time, until the worker had started before the timeout
         with pytest.raises(subprocess.TimeoutExpired) as hung:
-            run_launcher([sys.executable, "-c", LAUNCHER, str(worker_pid)], timeout=timeout)
+            run_launcher([sys.executable, "-c", LAUNCHER, str(worker_pid), session], timeout=timeout)
         timeout *= 2
         assert timeout < HUNG_AFTER_S
     pid = int(worker_pid.read_text())
