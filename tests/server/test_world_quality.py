@@ -64,8 +64,8 @@ def test_pictures_follow_the_captions_objects(figures):
 
 def test_the_vlms_caption_of_the_request_is_followed_too(figures):
     """The CLIP fallback (M2ChatEncode: the world VLM answers the request, its caption goes
-    through the world's text encoders). Bench, 64 prompts: the VLM copies the request's
-    attributes into its caption, so this row equals the caption row (0.58, 0.84)."""
+    through the world's text encoders). Bench, these 32 prompts at 10 steps: the VLM copies the
+    request's attributes into its caption, so this row equals the caption row (0.58, 0.84)."""
     assert figures["fallback"]["colour_and_shape"] >= 0.45, figures
     assert figures["fallback"]["position"] >= 0.65, figures
 
