@@ -13,12 +13,13 @@ from pathlib import Path
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write (a file or a folder); on success it
-    is fsynced and renamed over `path`, on failure removed."""
+    is fsynced, given the user's usual permissions and renamed over `path`, on failure removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield temporary
         _fsync(temporary)
+        _usual_permissions(temporary)
         if path.is_dir():
             shutil.rmtree(path)
         os.replace(temporary, path)
@@ -27,6 +28,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
             shutil.rmtree(temporary)
         else:
             temporary.unlink(missing_ok=True)
+
+
+def _usual_permissions(path: Path) -> None:
+    """What the umask gives a new file or folder: safetensors' writer (0.8) creates its files
+    readable by their owner alone, which a ComfyUI server run as another user could not load."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def _fsync(path: Path) -> None:
