@@ -18,8 +18,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield temporary
-        _fsync(temporary)
-        _usual_permissions(temporary)
+        _settle(temporary)
         if path.is_dir():
             shutil.rmtree(path)
         os.replace(temporary, path)
@@ -30,18 +29,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
             temporary.unlink(missing_ok=True)
 
 
-def _usual_permissions(path: Path) -> None:
-    """What the umask gives a new file or folder: safetensors' writer (0.8) creates its files
-    readable by their owner alone, which a ComfyUI server run as another user could not load."""
-    umask = os.umask(0)
+def _settle(path: Path) -> None:
+    """Give `path` and everything in it the mode the umask gives a new file or folder, and
+    fsync its files. (safetensors' writer, 0.8, creates its files readable by their owner
+    alone, which a ComfyUI server run as another user could not load.)"""
+    umask = os.umask(0)  # reading the umask means setting it; put back at once
     os.umask(umask)
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
-
-
-def _fsync(path: Path) -> None:
-    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
-    for item in paths:
-        if item.is_file():
-            with open(item, "rb") as file:
-                os.fsync(file.fileno())
+        if item.is_dir():
+            item.chmod(0o777 & ~umask)
+            continue
+        item.chmod(0o666 & ~umask)
+        with open(item, "rb") as file:
+            os.fsync(file.fileno())
