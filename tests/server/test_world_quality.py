@@ -78,8 +78,8 @@ def test_zero_conditioning_draws_no_particular_background_or_object(figures):
 def test_the_shipped_adapter_follows_requests(figures):
     """M²Chat (issue 16's row (e)): M2ChatEncode with the shipped M³Adapter, the VLM's hidden
     states as the conditioning. Bench, 64 prompts at 20 steps (the report's protocol): colour
-    and shape 0.87, position 0.91, all 0.72 (the ground-truth caption's all: 0.75); these 32
-    prompts at 10 steps, with the adapter shipped before: 0.59, 0.81, 0.38."""
+    and shape 0.88, position 0.95, all 0.77 (the ground-truth caption's all: 0.75); these 32
+    prompts at 10 steps: 0.73, 0.94, 0.56."""
     assert figures["m2chat"]["colour_and_shape"] >= 0.4, figures
     assert figures["m2chat"]["position"] >= 0.55, figures
     assert figures["m2chat"]["all"] >= 0.25, figures
@@ -87,8 +87,8 @@ def test_the_shipped_adapter_follows_requests(figures):
 
 def test_the_shipped_adapter_edits_a_picture_through_its_gate(edit_figures):
     """Editing (a picture and an instruction): the adapter keeps the picture's background
-    and places the object far above chance (bench, the adapter shipped before, these 32 edits at
-    10 steps: background 1.00, position 0.84; 64 edits at 20 steps: 1.00, 0.75); with the gate fixed at 0 (image
+    and places the object far above chance (bench, these 32 edits at 10 steps: background
+    1.00, position 0.81; 64 edits at 20 steps: 1.00, 0.75); with the gate fixed at 0 (image
     features alone) the pictures fall to chance, so the gate's VLM side is what carries the edit."""
     assert edit_figures["m2chat"]["background"] >= 0.9, edit_figures
     assert edit_figures["m2chat"]["position"] >= 0.5, edit_figures
@@ -104,7 +104,7 @@ def test_interrel_scores_each_dialogue_against_its_own_conversation(comfy_server
                                       for seed, case in enumerate(dialogues)])
     own = dialogue_inter_rel(comfy_server, clip, dialogues, drawn)
     other = dialogue_inter_rel(comfy_server, clip, dialogues[1:] + dialogues[:1], drawn)
-    # Bench, the models shipped before, 64 dialogues at 20 steps: 0.65; the references against each other: 0.02.
+    # Bench, 64 dialogues at 20 steps: 0.82; the references against each other: 0.02.
     assert own > other + 0.3, (own, other)
 
 
