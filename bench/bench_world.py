@@ -61,10 +61,11 @@ from world_graphs import (  # noqa: E402
     EncodeRow,
     Sampling,
     encode_row,
-    held_out_dialogues,
-    held_out_edits,
-    held_out_prompts,
-    held_out_stories,
+    CASE_SPLITS,
+    dialogue_cases,
+    edit_cases,
+    prompt_cases,
+    story_cases,
     measure,
     missed_targets,
 )
@@ -78,8 +79,8 @@ from train.world.training import load_judge  # noqa: E402
 
 
 LABELS = {**ROW_LABELS, **{name: ablation.label for name, ablation in ABLATIONS.items()}}
-CASES = {"text_to_image": held_out_prompts, "image_editing": held_out_edits,
-         "multimodal_dialogue": held_out_dialogues, "storytelling": held_out_stories}
+CASES = {"text_to_image": prompt_cases, "image_editing": edit_cases,
+         "multimodal_dialogue": dialogue_cases, "storytelling": story_cases}
 TEXT_ONLY_TASKS = ("text_to_image", "storytelling")  # no picture in any turn's context: g = 1
 
 
@@ -112,9 +113,9 @@ class FigureCache:
     def __init__(self, directory: Path | None):
         self.directory = directory
 
-    def keys(self, prompts: int, world: WeightsLayout, world_adapter: Path | None, extra: dict[str, Path],
-             rows: Iterable[str], sampling: Sampling = Sampling()) -> dict[str, dict | None]:
-        """Each row's key (hashing the models only where there is a cache to check them against):
+    def keys(self, prompts: int, split: str, world: WeightsLayout, world_adapter: Path | None,
+             extra: dict[str, Path], rows: Iterable[str], sampling: Sampling = Sampling()) -> dict[str, dict | None]:
+        """Each row's key (the cases' count and split; hashing the models only where there is a cache to check them against):
         the adapter is the file the row reads (--adapter's, else the m2chat rows' own), None
         for the rows without one."""
         if not self.directory:
@@ -127,7 +128,7 @@ class FigureCache:
                 return digest(extra[row])
             reads = encode_row(row)  # None for zero and caption; the fallback reads no adapter
             return own if reads and reads.adapter else None
-        return {row: {"prompts": prompts, **asdict(sampling), "weights": models, "adapter": adapter(row)}
+        return {row: {"prompts": prompts, "split": split, **asdict(sampling), "weights": models, "adapter": adapter(row)}
                 for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
@@ -156,6 +157,9 @@ def digest(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--split", choices=CASE_SPLITS, default="test",
+                        help="test (default): held-out (colour, shape) pairs, the tables; validation: new scenes "
+                             "of the seen pairs, where a recipe is chosen (never on the test split)")
     parser.add_argument("--rows", default=",".join(CONDITIONINGS))
     parser.add_argument("--tasks", default=",".join(CASES))
     parser.add_argument("--adapter", action="append", default=[], metavar="ROW=FILE",
@@ -190,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     clip = load_local_clip(world.clip, torch.device("cpu")) if world.clip.is_dir() else None
     conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
-    keys = cache.keys(options.prompts, world, options.world_adapter, extra, conditionings, sampling)
-    measured_on = ", ".join(filter(None, [f"{options.prompts} held-out cases", sampling.differences()]))
+    keys = cache.keys(options.prompts, options.split, world, options.world_adapter, extra, conditionings, sampling)
+    cases_drawn = "held-out" if options.split == "test" else "validation (seen pairs)"
+    measured_on = ", ".join(filter(None, [f"{options.prompts} {cases_drawn} cases", sampling.differences()]))
     figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
         try:
             for task in tasks:
-                cases, figures[task] = CASES[task](options.prompts), {}
+                cases, figures[task] = CASES[task](options.prompts, split=options.split), {}
                 for row, conditioning in conditionings.items():
                     if not measured_on_task(task, conditioning):
                         continue

@@ -11,9 +11,10 @@ Every graph is native ComfyUI: UNETLoader (the world's UNet) -> KSampler -> VAED
             states become the conditioning (M²Chat);
   m2chat_gate0, m2chat_gate1  the same with the gate of Eq. 3 fixed at 0 (image features
             only) or 1 (VLM features only); m2chat_gate_paper with the paper's g = cos(e_ans, e_cap).
-Four tasks: text-to-image requests (held_out_prompts), image editing, a picture and an
-instruction (held_out_edits), three-turn dialogues (held_out_dialogues), and 4-panel stories
-of a premise (held_out_stories; M2ChatStory, one KSampler over the batch of panels).
+Four tasks: text-to-image requests (prompt_cases), image editing, a picture and an
+instruction (edit_cases), three-turn dialogues (dialogue_cases), and 4-panel stories of a
+premise (story_cases; M2ChatStory, one KSampler over the batch of panels); the cases of the
+test split (held-out pairs) or of the validation split (CASE_SPLITS).
 Dialogues in M2ChatEncode rows also get InterRel (Eq. 8) with the world's CLIP.
 """
 
@@ -38,12 +39,12 @@ from train.world.layout import ADAPTER_FILE, VLM_NAME
 from train.world.render import render
 from train.world.scenes import Scene, apply_edit, edit_start, random_edit, random_scene
 from train.world.sdxl import GUIDANCE, SAMPLER_STEPS, TEXT_ENCODER_SEED, UNET_FILE
-from train.world.vocabulary import IMAGE_SIZE
+from train.world.vocabulary import IMAGE_SIZE, SCENE_SPLIT
 
 
 @dataclass(frozen=True)
 class Case:
-    """One held-out sample: what the user types, turn by turn; the picture they show
+    """One case: what the user types, turn by turn; the picture they show
     (editing: `source`, else None); the scene the last turn's picture should show, and
     the scenes the earlier turns' pictures should show (dialogues)."""
 
@@ -256,57 +257,70 @@ TARGETS = {"caption": {"colour_and_shape": 0.90, "position": 0.80}, "fallback": 
 RELATIVE_TARGETS = {row: ("all", "caption", 0.95) for row in ("stage1", "m2chat")}  # row: (score, reference, ratio)
 
 
-def held_out_prompts(count: int, seed: int = 0) -> list[Case]:
-    """Text-to-image: test-split scenes (a held-out pair in each) and a request for each, seeded."""
-    rng = random.Random(f"world-prompts:{seed}")
-    scenes = [random_scene(rng, "test") for _ in range(count)]
+# The splits cases are drawn from: "test" (a held-out pair in each: the tables) or "validation"
+# (new scenes of the seen pairs, as the data set's validation split: where recipes are chosen).
+CASE_SPLITS = ("test", "validation")
+
+
+def _case_stream(kind: str, seed: int, split: str) -> random.Random:
+    """The seeded random stream of one task's cases (the test split's streams as they always were)."""
+    if split not in CASE_SPLITS:
+        raise ValueError(f"Unknown case split {split!r}; choose one of {CASE_SPLITS}.")
+    return random.Random(f"world-{kind}:{seed}" if split == "test" else f"world-{kind}:{seed}:{split}")
+
+
+def prompt_cases(count: int, seed: int = 0, split: str = "test") -> list[Case]:
+    """Text-to-image: scenes of `split` and a request for each, seeded."""
+    rng = _case_stream("prompts", seed, split)
+    scenes = [random_scene(rng, SCENE_SPLIT[split]) for _ in range(count)]
     return [Case((request(rng, scene),), scene) for scene in scenes]
 
 
-def held_out_edits(count: int, seed: int = 0) -> list[Case]:
-    """Image editing: a picture and one instruction whose result holds a held-out pair, seeded
-    (the data set's test-split edits, train/world/dataset.py). The truth is the edited
-    scene: judged right on every attribute = the instruction followed AND the rest kept."""
-    rng = random.Random(f"world-edits:{seed}")
+def edit_cases(count: int, seed: int = 0, split: str = "test") -> list[Case]:
+    """Image editing: a picture and one instruction whose result is in `split` (in the test
+    split it holds a held-out pair), seeded as the data set's edits (train/world/dataset.py).
+    The truth is the edited scene: judged right on every attribute = the instruction
+    followed AND the rest kept."""
+    rng, scenes = _case_stream("edits", seed, split), SCENE_SPLIT[split]
     cases = []
     for _ in range(count):
-        source = edit_start(rng, "test")
-        edit = random_edit(rng, source, "test")
+        source = edit_start(rng, scenes)
+        edit = random_edit(rng, source, scenes)
         cases.append(Case((edit_instruction(rng, edit),), apply_edit(source, edit), source))
     return cases
 
 
-def held_out_dialogues(count: int, seed: int = 0) -> list[Case]:
-    """Multimodal dialogue: a request, then follow-ups about "it" whose result holds a
-    held-out pair, seeded (the data set's test-split dialogues). The truth is the scene
-    the whole conversation implies for the last turn's picture."""
-    rng = random.Random(f"world-dialogues:{seed}")
+def dialogue_cases(count: int, seed: int = 0, split: str = "test") -> list[Case]:
+    """Multimodal dialogue: a request, then follow-ups about "it" whose result is in `split`
+    (in the test split it holds a held-out pair), seeded as the data set's dialogues. The
+    truth is the scene the whole conversation implies for the last turn's picture."""
+    rng, scenes = _case_stream("dialogues", seed, split), SCENE_SPLIT[split]
     cases = []
     for _ in range(count):
-        scene = edit_start(rng, "test", max_objects=1)
-        turns, scenes = [request(rng, scene)], [scene]
+        scene = edit_start(rng, scenes, max_objects=1)
+        turns, drawn = [request(rng, scene)], [scene]
         for _ in range(DIALOGUE_TURNS - 1):
-            edit = random_edit(rng, scene, "test")
+            edit = random_edit(rng, scene, scenes)
             scene = apply_edit(scene, edit)
             turns.append(edit_instruction(rng, edit))
-            scenes.append(scene)
-        cases.append(Case(tuple(turns), scene, earlier=tuple(scenes[:-1])))
+            drawn.append(scene)
+        cases.append(Case(tuple(turns), scene, earlier=tuple(drawn[:-1])))
     return cases
 
 
 @dataclass(frozen=True)
 class StoryCase:
-    """A held-out story premise ('a story about a purple star': a held-out pair) and its object."""
+    """A story premise ('a story about a purple star') and its object."""
 
     premise: str
     colour: str
     shape: str
 
 
-def held_out_stories(count: int, seed: int = 0) -> list[StoryCase]:
-    """Storytelling: a premise naming one held-out (colour, shape) pair, seeded."""
-    rng = random.Random(f"world-stories:{seed}")
-    scenes = [random_scene(rng, "test", max_objects=1) for _ in range(count)]
+def story_cases(count: int, seed: int = 0, split: str = "test") -> list[StoryCase]:
+    """Storytelling: a premise naming one (colour, shape) pair of `split` (test: a held-out pair), seeded."""
+    rng = _case_stream("stories", seed, split)
+    scenes = [random_scene(rng, SCENE_SPLIT[split], max_objects=1) for _ in range(count)]
     return [StoryCase(story_premise(scene), *scene.objects[0].pair) for scene in scenes]
 
 

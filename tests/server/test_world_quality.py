@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from world_graphs import (Sampling, dialogue_inter_rel, graph_for, held_out_dialogues, held_out_edits,
-                          held_out_prompts, measure, run_graphs, saved)
+from world_graphs import (Sampling, dialogue_cases, dialogue_inter_rel, edit_cases, graph_for, measure,
+                          prompt_cases, run_graphs, saved)
 
 from train.evaluate.clip_model import load_local_clip
 from train.world.layout import SHIPPED
@@ -37,7 +37,7 @@ AT_CHANCE = 16
 
 @pytest.fixture(scope="module")
 def figures(comfy_server):
-    judge, prompts = load_judge(SHIPPED.judge), held_out_prompts(PROMPTS)
+    judge, prompts = load_judge(SHIPPED.judge), prompt_cases(PROMPTS)
     followed = {row: measure(comfy_server, judge, row, prompts, sampling=SAMPLING)
                 for row in ("caption", "fallback", "m2chat")}
     return {**followed, "zero": measure(comfy_server, judge, "zero", prompts[:AT_CHANCE], sampling=SAMPLING)}
@@ -45,7 +45,7 @@ def figures(comfy_server):
 
 @pytest.fixture(scope="module")
 def edit_figures(comfy_server):
-    judge, edits = load_judge(SHIPPED.judge), held_out_edits(PROMPTS)
+    judge, edits = load_judge(SHIPPED.judge), edit_cases(PROMPTS)
     return {"m2chat": measure(comfy_server, judge, "m2chat", edits, sampling=SAMPLING),
             "m2chat_gate0": measure(comfy_server, judge, "m2chat_gate0", edits[:AT_CHANCE], sampling=SAMPLING)}
 
@@ -99,7 +99,7 @@ def test_interrel_scores_each_dialogue_against_its_own_conversation(comfy_server
     """InterRel (Eq. 8) with the shipped world CLIP, on every turn's caption and picture of
     M²Chat's dialogues: against the scenes of the conversation that was held it is higher
     than against another conversation's (the references shifted by one dialogue)."""
-    clip, dialogues = load_local_clip(SHIPPED.clip, torch.device("cpu")), held_out_dialogues(DIALOGUES)
+    clip, dialogues = load_local_clip(SHIPPED.clip, torch.device("cpu")), dialogue_cases(DIALOGUES)
     drawn = run_graphs(comfy_server, [SAMPLING.applied(graph_for("m2chat", case, seed, None))
                                       for seed, case in enumerate(dialogues)])
     own = dialogue_inter_rel(comfy_server, clip, dialogues, drawn)
@@ -113,7 +113,7 @@ def test_a_common_negative_replaces_each_rows_own(comfy_server):
     row as it is (that is its own negative: the same pixels), against the all-zero negative
     (the M2Chat rows' own) it draws other pictures; an M2Chat row against the empty caption
     draws other pictures than against its own all-zero negative."""
-    cases = held_out_prompts(2)
+    cases = prompt_cases(2)
 
     def pictures(row: str, negative: str) -> np.ndarray:
         sampling = Sampling(steps=2, negative=negative)

@@ -205,18 +205,20 @@ def test_unet_training_without_comfyui_says_where_to_get_it(tmp_path):
 def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path):
     """The m2chat rows' adapter named explicitly or read from the weights folder is the same
     key (no measuring again); rows without an adapter do not depend on it; every row depends on how
-    the KSampler draws (steps, sampler, negative)."""
+    the KSampler draws (steps, sampler, negative) and on the cases' split."""
     spec = importlib.util.spec_from_file_location("bench_world", REPO / "bench" / "bench_world.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cache, world = bench.FigureCache(tmp_path), WeightsLayout(built / "weights")
     stage1 = built / "m3ft" / "runs" / "stage1" / DEFAULT_EXPORT_NAME
     rows = ("zero", "caption", "fallback", "m2chat", "m2chat_gate0", "stage1")
-    implicit = cache.keys(64, world, None, {"stage1": stage1}, rows)
-    assert cache.keys(64, world, world.adapter, {"stage1": stage1}, rows) == implicit
-    other = cache.keys(64, world, stage1, {"stage1": stage1}, rows)
+    implicit = cache.keys(64, "test", world, None, {"stage1": stage1}, rows)
+    assert cache.keys(64, "test", world, world.adapter, {"stage1": stage1}, rows) == implicit
+    other = cache.keys(64, "test", world, stage1, {"stage1": stage1}, rows)
     assert [row for row in rows if other[row] != implicit[row]] == ["m2chat", "m2chat_gate0"]
     assert implicit["stage1"]["adapter"] == other["m2chat"]["adapter"] != implicit["m2chat"]["adapter"]
     for other_protocol in (bench.Sampling(steps=2), bench.Sampling(sampler="ddim"), bench.Sampling(negative="zero")):
-        drawn_otherwise = cache.keys(64, world, None, {"stage1": stage1}, rows, other_protocol)
+        drawn_otherwise = cache.keys(64, "test", world, None, {"stage1": stage1}, rows, other_protocol)
         assert all(drawn_otherwise[row] != implicit[row] for row in rows)
+    validation = cache.keys(64, "validation", world, None, {"stage1": stage1}, rows)
+    assert all(validation[row] != implicit[row] for row in rows)

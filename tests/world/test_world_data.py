@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from world_graphs import dialogue_cases, edit_cases, prompt_cases, story_cases
 
 from train.data.dialogue import DialogueRecords
 from train.data.samples import TrainingSample
@@ -105,6 +106,25 @@ def test_every_test_target_shows_a_held_out_pair(world):
     for name in JSONL_FILES:
         targets += [Scene.from_dict(record["target_scene"]) for record in _records(world, "test", name)]
     assert targets and all(is_held_out(scene) for scene in targets)
+
+
+def test_the_benchmark_draws_test_cases_of_held_out_pairs_and_validation_cases_of_seen_ones():
+    """bench/bench_world.py's cases: in the test split the picture asked for shows a held-out
+    pair; in the validation split, where recipes are chosen, no held-out pair is named or shown
+    anywhere. Both seeded, each split its own cases."""
+    for cases_of in (prompt_cases, edit_cases, dialogue_cases):
+        test, validation = cases_of(16), cases_of(16, split="validation")
+        assert cases_of(16, split="validation") == validation and cases_of(16) == test
+        assert all(is_held_out(case.truth) for case in test)
+        shown = [scene for case in validation for scene in (case.truth, case.source, *case.earlier) if scene]
+        assert len(shown) >= 16 and not any(is_held_out(scene) for scene in shown)
+        assert not set().union(*(_named_pairs(" ".join(case.turns)) for case in validation)) & HELD_OUT_PAIRS
+    test, validation = story_cases(16), story_cases(16, split="validation")
+    assert all((case.colour, case.shape) in HELD_OUT_PAIRS for case in test)
+    assert not any((case.colour, case.shape) in HELD_OUT_PAIRS for case in validation)
+    assert not set().union(*(_named_pairs(case.premise) for case in validation)) & HELD_OUT_PAIRS
+    with pytest.raises(ValueError, match="choose one of"):
+        prompt_cases(1, split="train")
 
 
 def test_captions_name_every_object_and_edits_change_only_what_they_say():
