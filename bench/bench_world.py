@@ -1,6 +1,7 @@
 """The shapes world's SDXL measured as users run it: a real ComfyUI server (this pack and
 the test/demo extension), native graphs (scripts/world_graphs.py), pictures read by the
-shipped judge. Rows, on the same held-out (colour, shape) cases and seeds:
+shipped judge. Rows, on the same held-out (colour, shape) cases and seeds (--split validation:
+new scenes of the seen pairs instead, where a recipe is chosen):
 
   zero      conditioning zeroed out: what the UNet draws unprompted (expect chance)
   caption   the ground-truth caption through the world's text encoders (the upper bound)
@@ -25,7 +26,7 @@ with the world's CLIP (clip/ in --weights; no column without one), in M2ChatEnco
 Exits 1 when a text-to-image target (TARGETS and RELATIVE_TARGETS in
 scripts/world_graphs.py) is missed.
 
-    .venv/bin/python bench/bench_world.py [--prompts 64] [--rows zero,caption,...]
+    .venv/bin/python bench/bench_world.py [--prompts 64] [--split test|validation] [--rows zero,caption,...]
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
         [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
@@ -55,19 +56,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from comfyui_env import ComfyServer, prepare_base_directory  # noqa: E402
 from world_graphs import (  # noqa: E402
+    CASE_SPLITS,
     CONDITIONINGS,
     NEGATIVES,
     ROW_LABELS,
     EncodeRow,
     Sampling,
-    encode_row,
-    CASE_SPLITS,
     dialogue_cases,
     edit_cases,
-    prompt_cases,
-    story_cases,
+    encode_row,
     measure,
     missed_targets,
+    prompt_cases,
+    story_cases,
 )
 
 from m2chat_core.m3ft_settings import FILE_GATE_MODE  # noqa: E402
@@ -115,9 +116,9 @@ class FigureCache:
 
     def keys(self, prompts: int, split: str, world: WeightsLayout, world_adapter: Path | None,
              extra: dict[str, Path], rows: Iterable[str], sampling: Sampling = Sampling()) -> dict[str, dict | None]:
-        """Each row's key (the cases' count and split; hashing the models only where there is a cache to check them against):
-        the adapter is the file the row reads (--adapter's, else the m2chat rows' own), None
-        for the rows without one."""
+        """Each row's key (the cases' count and split; hashing the models only where there is a
+        cache to check them against): the adapter is the file the row reads (--adapter's, else
+        the m2chat rows' own), None for the rows without one."""
         if not self.directory:
             return dict.fromkeys(rows)
         models = digest(world.root)
@@ -128,8 +129,8 @@ class FigureCache:
                 return digest(extra[row])
             reads = encode_row(row)  # None for zero and caption; the fallback reads no adapter
             return own if reads and reads.adapter else None
-        return {row: {"prompts": prompts, "split": split, **asdict(sampling), "weights": models, "adapter": adapter(row)}
-                for row in rows}
+        return {row: {"prompts": prompts, "split": split, **asdict(sampling), "weights": models,
+                      "adapter": adapter(row)} for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
         path = self.directory and self.directory / task / f"{row}.json"
