@@ -17,6 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from comfyui_env import COMFYUI_PATH
+from train.world.files import atomic_path
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP_L, OPEN_CLIP_G = "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."
@@ -56,7 +57,8 @@ def convert(folder: Path, out: Path) -> Path:
     clip_g = {"transformer." + name: tensor for name, tensor in load_file(folder / "text_encoder_2" / "model.safetensors").items()}
     state |= {OPEN_CLIP_G + name: tensor
               for name, tensor in diffusers_convert.convert_text_enc_state_dict_v20(clip_g).items()}
-    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(out))
+    with atomic_path(out) as written:  # complete or absent, with the user's usual permissions
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(written))
     return out
 
 
