@@ -4,6 +4,8 @@ subprocesses, torchrun included), tests/world (the shapes world's short schedule
 tests/comfy (ComfyUI in-process), tests/server (ComfyUI's HTTP server), tests/browser
 (Chromium)."""
 
+import os
+
 import pytest
 
 from comfyui_env import ComfyServer, prepare_base_directory
@@ -25,6 +27,15 @@ def comfy_server(tmp_path_factory):
     server = ComfyServer(prepare_base_directory(tmp_path_factory.mktemp("comfyui-server")))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def umask_022():
+    """The common umask 022 while a test runs (and in the processes it starts): files written
+    with the user's usual permissions are 0o644, folders 0o755."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
 
 
 TIER_ORDER = ("unit", "training", "evaluation", "world", "comfy", "server", "browser")

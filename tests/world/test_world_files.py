@@ -13,13 +13,6 @@ from safetensors.torch import save_file
 from train.world.files import atomic_path
 
 
-@pytest.fixture
-def umask_022():
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
 def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
