@@ -1,7 +1,7 @@
 """`python -m train.world m3ft`: M³FT on the world's models in one resumable command.
 
 Stages, each kept once finished (a killed run resumes the stage it was in from its last
-checkpoint): the M³FT data set (`data` at DATA_SIZES), the world SDXL as a diffusers folder,
+checkpoint): the M³FT data set (`data`; its sizes are the recipe's), the world SDXL as a diffusers folder,
 stage 1 and stage 2 as `python -m train.stage1` / `train.stage2` (a process each) with the recipe of
 train/configs/world_stage1.yaml and world_stage2.yaml (only paths overridden, sizes on the
 "short" schedule, and float32 instead of bf16 on a CPU without bf16 units), then the stage-2
@@ -26,13 +26,8 @@ from .loop import logged_to, run_stage
 
 CONFIGS = REPO / "train" / "configs"
 STAGE_CONFIGS = {1: CONFIGS / "world_stage1.yaml", 2: CONFIGS / "world_stage2.yaml"}
-# The data set's train-split sizes per schedule (the validation and test splits are each an
-# eighth of it). 2048 edits, not 512: stage 2 underfit edits (validation L_align 0.017 against
-# 0.005 on requests; 0.0065 with them). 512 stories, not 128: with the edits, stage 2 drew
-# stories worse (validation stories, bench_world --split validation: consistent 0.750; 0.953
-# with them, other tasks within two cases of 64). README, "M³FT on the world".
-DATA_SIZES = {"full": {"images": 2048, "dialogues": 512, "edits": 2048, "stories": 512},
-              "short": {"images": 16, "dialogues": 4, "edits": 4, "stories": 2}}
+# The data set's train-split sizes on the short schedule; the full one writes DataConfig's defaults.
+SHORT_DATA_SIZES = {"images": 16, "dialogues": 4, "edits": 4, "stories": 2}
 # The short schedule: a few steps of each stage, on any world VLM (a short build's has 1 layer).
 SHORT = ["--optim.max_steps", "2", "--optim.batch_size", "2", "--optim.warmup_steps", "0",
          "--engine.checkpoint_every", "2", "--engine.validate_every", "2", "--engine.log_every", "1"]
@@ -110,7 +105,8 @@ def prepare_runs(config: M3ftConfig) -> StageRuns:
 
 def _write_data(data: Path, config: M3ftConfig) -> None:
     from .dataset import write_data
-    write_data(DataConfig(out=str(data), seed=config.seed, **DATA_SIZES[config.schedule]))
+    sizes = SHORT_DATA_SIZES if config.schedule == "short" else {}
+    write_data(DataConfig(out=str(data), seed=config.seed, **sizes))
 
 
 def _write_sdxl(sdxl: Path, weights: WeightsLayout) -> None:
