@@ -1,8 +1,8 @@
 """Where a world VLM's words go wrong: for each VLM folder, the greedy captions of
 single-object pictures through the pack's encoder (train/world/vlm_measure.py), with each
 attribute read back, on held-out pictures (a held-out (colour, shape) pair in each) and on
-train-split pictures, and dialogue follow-ups resolved. The README's table of VLM recipes
-("Where the words go wrong") is this script's output.
+train-split pictures, and dialogue follow-ups resolved. The table of VLM recipes in
+train/world/RESULTS.md ("Where the words go wrong") is this script's output.
 
     .venv/bin/python bench/bench_world_vlm.py [FOLDER ...] [--pictures 48] [--follow-ups 32]
 

@@ -250,7 +250,7 @@ def test_measured_pictures_are_held_out_and_their_captions_read_back():
 def test_the_shipped_vlm_loads_offline_and_writes_world_captions_through_the_pack():
     """The committed folder through the pack's loader and encoder, on 32 held-out pictures
     and 32 test-split follow-ups: issue 15's VLM targets (caption exact >= 0.90, follow-ups
-    resolved >= 0.85). Measured on these samples: 1.00 and 0.97 (README, "The VLM"); greedy
+    resolved >= 0.85). Measured on these samples: 1.00 and 0.97 (train/world/RESULTS.md); greedy
     on fixed samples, so the figures move only with the weights or the code."""
     vlm = load_vlm(SHIPPED.vlm)
     result = generate(vlm, describe_turns(0, 1)[0])

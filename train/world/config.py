@@ -31,7 +31,7 @@ class DataConfig:
     # not 512: stage 2 underfit edits (validation L_align 0.017 against 0.005 on requests; 0.0065 with
     # them). 512 stories, not 128: with the edits, stage 2 drew stories worse (validation stories,
     # bench_world --split validation: consistent 0.750; 0.953 with them, other tasks within two cases
-    # of 64). README, "M³FT on the world".
+    # of 64). train/world/RESULTS.md, "M³FT on the world".
     images: int = 2048  # stage-1 pairs (and as many text-to-image requests)
     dialogues: int = 512
     edits: int = 2048
@@ -293,12 +293,12 @@ class VlmConfig(TrainingConfig):
     image_size: int = 96  # the vision tower's input: one patch per grid cell (see vlm_model.py)
     vision_grey: float = 0.5  # share of the vision phase's pictures shown in grey (vision_pretraining.py)
     cell_identity: bool = True  # each image token also learns its own grid cell (vision_pretraining.py)
-    # Language-phase levers (README, "The VLM"); the defaults are the shipped VLM's recipe.
+    # Language-phase levers (train/world/RESULTS.md); the defaults are the shipped VLM's recipe.
     projector_vision_weight: float = 1.0  # > 0: linear heads on the projector's output learn the tower's read-out too
     attribute_weight: float = 4.0  # L_text weight of the shape and size words
     position_weight: float = 1.0  # L_text weight of the position words (top, bottom, left, right, middle)
     word_dropout: float = 0.3  # probability that a written colour or shape word is hidden from the input
-    weight_decay: float = 0.1  # AdamW's decoupled decay: held-out pairs' words on both seeds tried (README)
+    weight_decay: float = 0.1  # AdamW's decoupled decay: held-out pairs' words on both seeds tried (RESULTS.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()
