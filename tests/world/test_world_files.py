@@ -45,6 +45,16 @@ def test_a_stricter_umask_is_kept(tmp_path):
     assert _mode(tmp_path / "figures.json") == 0o600
 
 
+def test_writing_never_sets_the_umask(tmp_path, umask_022, monkeypatch):
+    def refuse(mask):
+        raise AssertionError("os.umask: setting the umask to read it races with other threads' new files")
+    monkeypatch.setattr(os, "umask", refuse)
+    with atomic_path(tmp_path / "figures.json") as temporary:
+        temporary.write_text("{}")
+    assert _mode(tmp_path / "figures.json") == 0o644
+    assert [item.name for item in tmp_path.iterdir()] == ["figures.json"]  # no probe left behind
+
+
 def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_path(tmp_path / "judge.safetensors") as temporary:

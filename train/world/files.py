@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,15 +31,25 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def _settle(path: Path) -> None:
-    """Give `path` and everything in it the mode the umask gives a new file or folder, and
+    """Give `path` and everything in it the mode a new file or folder gets beside it, and
     fsync its files. (safetensors' writer, 0.8, creates its files readable by their owner
     alone, which a ComfyUI server run as another user could not load.)"""
-    umask = os.umask(0)  # reading the umask means setting it; put back at once
-    os.umask(umask)
+    folder_mode = _new_folder_mode(path.parent)
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
         if item.is_dir():
-            item.chmod(0o777 & ~umask)
+            item.chmod(folder_mode)
             continue
-        item.chmod(0o666 & ~umask)
+        item.chmod(folder_mode & 0o666)
         with open(item, "rb") as file:
             os.fsync(file.fileno())
+
+
+def _new_folder_mode(parent: Path) -> int:
+    """The mode the umask gives a new folder in `parent`, read from a probe folder: reading the
+    umask itself (os.umask) means setting it, which races with other threads' new files."""
+    probe = parent / f".{uuid.uuid4().hex}.mode"
+    probe.mkdir(mode=0o777)
+    try:
+        return stat.S_IMODE(probe.stat().st_mode) & 0o777
+    finally:
+        probe.rmdir()
