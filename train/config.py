@@ -209,6 +209,13 @@ class LoraConfig:
             raise FieldError("target_modules", "must name at least one module.")
 
 
+# The settings that name files or folders of the training machine: (section, name); None: top level.
+PATH_SETTINGS = (
+    ("data", "train"), ("data", "validation"), ("model", "vlm"), ("model", "sdxl"), ("model", "sdxl_config"),
+    ("cache", "dir"), ("engine", "output_dir"), ("engine", "export_path"), (None, "resume"), (None, "init_from"),
+)  # init_from: stage 2 only
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Fields shared by both stages. groups: the parameter groups trained."""
@@ -259,6 +266,19 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the YAML a run saves."""
         return plain_values(dataclasses.asdict(self))
+
+    def shareable_dict(self) -> dict[str, Any]:
+        """to_dict with each file or folder setting cut to its last name: what an adapter file
+        records, so a shared adapter says which data and models trained it, not the folders
+        of the machine that trained it."""
+        settings = self.to_dict()
+        for section, name in PATH_SETTINGS:
+            holder = settings if section is None else settings[section]
+            if name not in holder:
+                continue
+            value = holder[name]
+            holder[name] = [Path(entry).name for entry in value] if isinstance(value, list) else Path(value).name
+        return settings
 
 
 @dataclass(frozen=True)

@@ -568,7 +568,7 @@ class Trainer:
     def write_adapter(self, path: Path, trained: tuple[dict[str, torch.Tensor], VLMDeltas | None]) -> Path:
         """The adapter file: the adapter (with gate and special tokens) and the VLM deltas."""
         adapter_state, deltas = trained
-        return save_adapter_file(path, self.adapter, deltas, training_config=self.config.to_dict(),
+        return save_adapter_file(path, self.adapter, deltas, training_config=self.config.shareable_dict(),
                                  adapter_state=adapter_state)
 
     def finish(self) -> FitResult:

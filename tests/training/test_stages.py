@@ -4,6 +4,7 @@ demand from a checkpoint, and a kill -9 during stage 1 resumed to the uninterrup
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ def test_stage1_exports_an_adapter_file_that_loads(stage1):
     assert loaded.vlm_deltas is None  # stage 1 leaves the VLM alone
     assert loaded.config.trained_on_vlm == "vlm"
     assert loaded.training_config["optim"]["lr"] > 0  # the run's config travels in the file
+    # ... with each file and folder by its name alone: a shared adapter shows none of the trainer's folders
+    assert loaded.training_config["model"]["vlm"] == "vlm"
+    assert "/" not in json.dumps(loaded.training_config)
     assert (loaded.config.num_image_tokens, loaded.config.width, loaded.config.chosen_layers) == (4, 64, (-1, 2, 1))
     assert "adapter" in result.stderr and "special_tokens" in result.stderr  # groups printed with their counts
     assert read_state(list_checkpoints(output_dir / "checkpoints")[-1]).global_step == 26
@@ -72,6 +76,7 @@ def test_stage2_exports_adapter_and_vlm_deltas(stage1, stage2):
     stage1_file = load_adapter_file(stage1[0] / DEFAULT_EXPORT_NAME)
     changed = (loaded.adapter_state["learned_gate.scale"] != stage1_file.adapter_state["learned_gate.scale"]).item()
     assert changed  # the gate's M³FT factor trains in stage 2
+    assert loaded.training_config["init_from"] == DEFAULT_EXPORT_NAME  # the stage-1 file, by name
 
 
 def test_export_on_demand_from_a_checkpoint(stage1, tmp_path):
