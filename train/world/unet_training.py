@@ -78,6 +78,38 @@ class ConditionPool:
         return pool
 
 
+class DdimSampler:
+    """Draws scenes' canonical captions with a world UNet: DDIM (eta 0), classifier-free
+    guidance against the empty caption, at the world's size; pictures decoded by the VAE."""
+
+    def __init__(self, unet: torch.nn.Module, clip, vae: TinyAutoencoder, bf16: bool) -> None:
+        self.unet, self.clip, self.vae, self.bf16 = unet, clip, vae, bf16
+        self.empty = encode_captions(clip, [""])
+        self.alphas = alphas_cumprod()
+        self.size = size_vector(1)
+
+    @torch.no_grad()
+    def __call__(self, scenes: list, steps: int, guidance: float, seed: int) -> torch.Tensor:
+        """Images in [0, 1], one per scene."""
+        context, pooled = encode_captions(self.clip, [caption(scene) for scene in scenes])
+        count = len(scenes)
+        negative = self.empty[0].expand(count, -1, -1), self.empty[1].expand(count, -1)
+        contexts = torch.cat([context, negative[0]])
+        y = torch.cat([torch.cat([pooled, negative[1]]), self.size.expand(2 * count, -1)], dim=1)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn((count, 4, 16, 16), generator=generator)
+        timesteps = torch.linspace(len(self.alphas) - 1, 0, steps).round().long()
+        for index, t in enumerate(timesteps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                eps = self.unet(torch.cat([x, x]), t.repeat(2 * count), contexts, y).float()
+            eps = eps[count:] + guidance * (eps[:count] - eps[count:])
+            alpha = self.alphas[t]
+            x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            alpha_next = self.alphas[timesteps[index + 1]] if index + 1 < steps else torch.tensor(1.0)
+            x = alpha_next.sqrt() * x0 + (1 - alpha_next).sqrt() * eps
+        return self.vae.decoder(x).float().clamp(0, 1)
+
+
 class UnetTask:
     def __init__(self, config: UnetConfig) -> None:
         self.config = config
@@ -87,15 +119,13 @@ class UnetTask:
         self.result = self.model.average if config.ema_decay else self.unet
         self.clip = build_text_encoders()
         self.vae = load_taesd(Path(config.vae)).eval()
+        self.sample = DdimSampler(self.result, self.clip, self.vae, config.bf16)  # the evaluation's
         rng = random.Random(f"unet-pool:{config.seed}")
         scenes = [random_scene(rng, "train") for _ in range(config.pool_scenes)]
         identity = json.dumps({"seed": config.seed, "scenes": config.pool_scenes,
                                "vae": str(Path(config.vae).resolve())})
         self.pool = ConditionPool.cached(Path(config.out) / POOL_FILE, identity,
                                          lambda: ConditionPool.encode(scenes, self.vae, self.clip))
-        empty_context, empty_pooled = encode_captions(self.clip, [""])
-        self.empty = empty_context, empty_pooled
-        self.alphas = alphas_cumprod()
         self.sizes = torch.cat([size_vector(1, size) for size in SIZE_IDS])
         eval_rng = random.Random(f"unet-eval:{config.seed}")
         self.eval_scenes = [random_scene(eval_rng, "test") for _ in range(config.eval_prompts)]
@@ -104,8 +134,9 @@ class UnetTask:
     def _unconditional(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Half the empty caption's encoding, half all zeros (the pack's adapter negative)."""
         zero = torch.rand(count, generator=generator) < 0.5
-        context = self.empty[0].expand(count, -1, -1).clone()
-        pooled = self.empty[1].expand(count, -1).clone()
+        empty_context, empty_pooled = self.sample.empty
+        context = empty_context.expand(count, -1, -1).clone()
+        pooled = empty_pooled.expand(count, -1).clone()
         context[zero], pooled[zero] = 0, 0
         return context, pooled
 
@@ -117,14 +148,14 @@ class UnetTask:
         drop = torch.rand(len(index), generator=generator) < self.config.uncond_probability
         if drop.any():  # classifier-free guidance: learn the unconditional prediction too
             context[drop], pooled[drop] = self._unconditional(int(drop.sum()), generator)
-        timesteps = torch.randint(len(self.alphas), (len(index),), generator=generator)
+        timesteps = torch.randint(len(self.sample.alphas), (len(index),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         # Offset noise: a random per-channel constant in the noise, so the pure noise a
         # sampler starts from carries no usable hint of the picture's mean colour (SDXL's
         # schedule leaves sqrt(alpha_T) = 0.07 of the latent in x_T, which a UNet otherwise
         # learns to read, then draws random backgrounds from random noise).
         noise = noise + self.config.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-        alpha = self.alphas[timesteps].view(-1, 1, 1, 1)
+        alpha = self.sample.alphas[timesteps].view(-1, 1, 1, 1)
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise  # q(x_t | x_0)
         sizes = self.sizes[torch.randint(len(SIZE_IDS), (len(index),), generator=generator)]
         y = torch.cat([pooled, sizes], dim=1)
@@ -134,27 +165,6 @@ class UnetTask:
         # unweighted loss leaves them worse than guessing the mean latent.
         weight = ((1 - alpha) / alpha).clamp(1, self.config.noisy_weight_cap)
         return (weight * (predicted.float() - noise).pow(2)).mean() / weight.mean(), {}
-
-    @torch.no_grad()
-    def sample(self, scenes: list, steps: int, guidance: float, seed: int) -> torch.Tensor:
-        """DDIM (eta 0) with classifier-free guidance against the empty caption; images in [0, 1]."""
-        context, pooled = encode_captions(self.clip, [caption(scene) for scene in scenes])
-        count = len(scenes)
-        negative = self.empty[0].expand(count, -1, -1), self.empty[1].expand(count, -1)
-        contexts = torch.cat([context, negative[0]])
-        y = torch.cat([torch.cat([pooled, negative[1]]), self.sizes[:1].expand(2 * count, -1)], dim=1)
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.randn((count, 4, 16, 16), generator=generator)
-        timesteps = torch.linspace(len(self.alphas) - 1, 0, steps).round().long()
-        for index, t in enumerate(timesteps):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-                eps = self.result(torch.cat([x, x]), t.repeat(2 * count), contexts, y).float()
-            eps = eps[count:] + guidance * (eps[:count] - eps[count:])
-            alpha = self.alphas[t]
-            x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
-            alpha_next = self.alphas[timesteps[index + 1]] if index + 1 < steps else torch.tensor(1.0)
-            x = alpha_next.sqrt() * x0 + (1 - alpha_next).sqrt() * eps
-        return self.vae.decoder(x).float().clamp(0, 1)
 
     def evaluate(self) -> dict[str, float]:
         if self.judge is None:
