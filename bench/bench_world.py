@@ -30,7 +30,7 @@ scripts/world_graphs.py) is missed.
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
         [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
-        [--sampler NAME] [--scheduler NAME]   (KSampler's, default euler / normal: the tables')
+        [--sampler NAME] [--scheduler NAME] [--cfg X]   (KSampler's, default euler / normal / 5: the tables')
         [--negative row|zero|empty]   (default row: each row its own negative, as the tables;
                                        zero or empty: every row against the all-zero negative
                                        or the empty caption's encoding)
@@ -178,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                              "whose figures are not comparable with the tables')")
     parser.add_argument("--sampler", default=Sampling.sampler, help="KSampler's sampler_name (default: the tables')")
     parser.add_argument("--scheduler", default=Sampling.scheduler, help="KSampler's scheduler (default: the tables')")
+    parser.add_argument("--cfg", type=float, default=Sampling.cfg,
+                        help="KSampler's classifier-free guidance (default: the tables')")
     parser.add_argument("--negative", choices=NEGATIVES, default=Sampling.negative,
                         help="row: each row its own negative (the tables' protocol); zero or empty: every row "
                              "against the all-zero negative or the empty caption's encoding")
     options = parser.parse_args(argv)
     try:
-        sampling = Sampling(options.steps, options.sampler, options.scheduler, options.negative)
+        sampling = Sampling(options.steps, options.sampler, options.scheduler, options.negative, options.cfg)
     except ValueError as error:
         parser.error(str(error))
     # Stopped by a signal (a killed report): leave through `finally`, which stops the server.

@@ -159,19 +159,23 @@ NEGATIVES = ("row", "zero", "empty")
 @dataclass(frozen=True)
 class Sampling:
     """How every KSampler of a measured graph draws. The default is the tables' protocol:
-    SAMPLER_STEPS steps of euler, each row against its own negative (the caption rows: the
-    empty caption's encoding, as users wire CLIPTextEncode; M2Chat rows: the all-zero
-    negative of the pack's nodes, as the authors sample). `negative` "zero" or "empty" puts
-    every row against that one; `sampler` and `scheduler` are KSampler's choices."""
+    SAMPLER_STEPS steps of euler at classifier-free guidance GUIDANCE, each row against its own
+    negative (the caption rows: the empty caption's encoding, as users wire CLIPTextEncode;
+    M2Chat rows: the all-zero negative of the pack's nodes, as the authors sample). `negative`
+    "zero" or "empty" puts every row against that one; `sampler`, `scheduler` and `cfg` are
+    KSampler's choices."""
 
     steps: int = SAMPLER_STEPS
     sampler: str = "euler"
     scheduler: str = "normal"
     negative: str = "row"
+    cfg: float = GUIDANCE
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}.")
+        if self.cfg <= 0:
+            raise ValueError(f"cfg must be above 0, got {self.cfg}.")
         if self.negative not in NEGATIVES:
             raise ValueError(f"negative must be one of {', '.join(NEGATIVES)}, got {self.negative!r}.")
 
@@ -184,7 +188,8 @@ class Sampling:
             graph["zeroed_caption"], negative = _zeroed(negative), ["zeroed_caption", 0]
         for node in graph.values():
             if node["class_type"] == "KSampler":
-                node["inputs"].update(steps=self.steps, sampler_name=self.sampler, scheduler=self.scheduler)
+                node["inputs"].update(steps=self.steps, sampler_name=self.sampler, scheduler=self.scheduler,
+                                      cfg=self.cfg)
                 if negative:
                     node["inputs"]["negative"] = negative
         return graph
@@ -196,6 +201,8 @@ class Sampling:
             changed.append(f"{self.steps} KSampler steps")
         if (self.sampler, self.scheduler) != (protocol.sampler, protocol.scheduler):
             changed.append(f"sampler {self.sampler} / {self.scheduler}")
+        if self.cfg != protocol.cfg:
+            changed.append(f"CFG {self.cfg:g}")
         if self.negative != protocol.negative:
             common = "the all-zero negative" if self.negative == "zero" else "the empty caption"
             changed.append(f"every row against {common}")

@@ -112,11 +112,12 @@ def test_a_common_negative_replaces_each_rows_own(comfy_server):
     """bench_world's --negative: the caption row drawn against the empty caption is the
     row as it is (that is its own negative: the same pixels), against the all-zero negative
     (the M2Chat rows' own) it draws other pictures; an M2Chat row against the empty caption
-    draws other pictures than against its own all-zero negative."""
+    draws other pictures than against its own all-zero negative. --cfg: another guidance
+    draws other pictures (in a dialogue, at every turn's KSampler)."""
     cases = prompt_cases(2)
 
-    def pictures(row: str, negative: str) -> np.ndarray:
-        sampling = Sampling(steps=2, negative=negative)
+    def pictures(row: str, negative: str, cfg: float = Sampling.cfg) -> np.ndarray:
+        sampling = Sampling(steps=2, negative=negative, cfg=cfg)
         drawn = run_graphs(comfy_server, [sampling.applied(graph_for(row, case, seed, None))
                                           for seed, case in enumerate(cases)])
         return np.stack([np.asarray(Image.open(saved(comfy_server, outputs)[0]).convert("RGB")) for outputs in drawn])
@@ -128,3 +129,7 @@ def test_a_common_negative_replaces_each_rows_own(comfy_server):
     assert differ(pictures("caption", "empty"), caption) == [False, False]
     assert differ(pictures("caption", "zero"), caption) == [True, True]
     assert differ(pictures("m2chat", "empty"), pictures("m2chat", "row")) == [True, True]
+    assert differ(pictures("caption", "row", cfg=Sampling.cfg / 2), caption) == [True, True]
+    dialogue = Sampling(cfg=Sampling.cfg / 2).applied(graph_for("m2chat", dialogue_cases(1)[0], 0, None))
+    samplers = [node["inputs"] for node in dialogue.values() if node["class_type"] == "KSampler"]
+    assert len(samplers) == 3 and all(inputs["cfg"] == Sampling.cfg / 2 for inputs in samplers)

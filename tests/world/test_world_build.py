@@ -218,7 +218,8 @@ def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path)
     other = cache.keys(64, "test", world, stage1, {"stage1": stage1}, rows)
     assert [row for row in rows if other[row] != implicit[row]] == ["m2chat", "m2chat_gate0"]
     assert implicit["stage1"]["adapter"] == other["m2chat"]["adapter"] != implicit["m2chat"]["adapter"]
-    for other_protocol in (bench.Sampling(steps=2), bench.Sampling(sampler="ddim"), bench.Sampling(negative="zero")):
+    for other_protocol in (bench.Sampling(steps=2), bench.Sampling(sampler="ddim"), bench.Sampling(negative="zero"),
+                           bench.Sampling(cfg=bench.Sampling.cfg + 1)):
         drawn_otherwise = cache.keys(64, "test", world, None, {"stage1": stage1}, rows, other_protocol)
         assert all(drawn_otherwise[row] != implicit[row] for row in rows)
     validation = cache.keys(64, "validation", world, None, {"stage1": stage1}, rows)
