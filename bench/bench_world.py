@@ -30,7 +30,7 @@ scripts/world_graphs.py) is missed.
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
         [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
-        [--sampler NAME] [--scheduler NAME] [--cfg X]   (KSampler's, default euler / normal / 5: the tables')
+        [--sampler NAME] [--scheduler NAME] [--cfg X]   (KSampler's, default euler / normal / 3: the tables')
         [--negative row|zero|empty]   (default row: each row its own negative, as the tables;
                                        zero or empty: every row against the all-zero negative
                                        or the empty caption's encoding)

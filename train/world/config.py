@@ -11,7 +11,7 @@ from m2chat_core.cpu_units import CPU_HAS_BF16_UNITS
 from ..config import ConfigError
 from .layout import SHIPPED, WeightsLayout
 from .loop import LoopSettings
-from .sdxl import SAMPLER_STEPS
+from .sdxl import GUIDANCE, SAMPLER_STEPS
 from .taesd import DECODER_FILE, ENCODER_FILE
 from .vocabulary import GRID
 
@@ -129,7 +129,7 @@ class UnetConfig(TrainingConfig):
     noisy_weight_cap: float = 20.0  # loss weight max(1, min(cap, 1/SNR)); 1 = the plain epsilon loss
     eval_prompts: int = 32  # held-out prompts drawn and judged at each evaluation
     eval_steps: int = 20
-    guidance: float = 5.0
+    guidance: float = GUIDANCE
 
     def __post_init__(self) -> None:
         super().__post_init__()

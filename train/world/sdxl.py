@@ -48,8 +48,9 @@ DETECTION_KEYS = ("model_channels", "transformer_depth", "context_dim", "adm_in_
                   "use_linear_in_transformer", "use_temporal_attention")
 
 # How the world's pictures are drawn through ComfyUI (the tables' protocol): KSampler
-# euler / normal schedule, this many steps, this classifier-free guidance.
-SAMPLER_STEPS, GUIDANCE = 20, 5.0
+# euler / normal schedule, this many steps, this classifier-free guidance. Guidance 3, not 5,
+# chosen on the validation split's pictures (train/world/RESULTS.md, "The guidance").
+SAMPLER_STEPS, GUIDANCE = 20, 3.0
 
 # SDXL's noise schedule (scaled linear betas, 1000 steps), as ComfyUI's ModelSamplingDiscrete.
 TRAIN_TIMESTEPS = 1000
