@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2chat_core.cpu_units import CPU_HAS_BF16_UNITS  # noqa: E402
-from train.world.judge import Judge, read_scenes, to_tensor  # noqa: E402
+from train.world.judge import Judge, compare, read_scenes, to_tensor  # noqa: E402
 from train.world.layout import SHIPPED, WeightsLayout  # noqa: E402
 from train.world.render import render  # noqa: E402
 from train.world.scenes import Scene, random_scene  # noqa: E402
@@ -47,12 +47,11 @@ def scenes_of(split: str, count: int) -> list[Scene]:
 
 def object_accuracy(judge: Judge, images: torch.Tensor, scenes: list[Scene]) -> dict[str, dict[str, float]]:
     """Per kind of object: the share drawn in the right colour, the right shape, and both, in
-    its own cell; and "per case": both right, as a share of each scene's objects, averaged."""
+    its own cell; and "per case": the judge's colour_and_shape of each scene, averaged."""
     counts = {kind: {"objects": 0, "colour": 0, "shape": 0, "both": 0} for kind in KINDS}
     per_case = []
     for seen, truth in zip(read_scenes(judge, images), scenes, strict=True):
         drawn = {o.cell: o for o in seen.objects}
-        right = 0
         for index, wanted in enumerate(truth.objects):
             kind = KINDS[0] if len(truth.objects) == 1 else KINDS[1 + index]
             got = drawn.get(wanted.cell)
@@ -63,8 +62,7 @@ def object_accuracy(judge: Judge, images: torch.Tensor, scenes: list[Scene]) -> 
             count["colour"] += colour
             count["shape"] += shape
             count["both"] += colour and shape
-            right += colour and shape
-        per_case.append(right / len(truth.objects))
+        per_case.append(compare(seen, truth)["colour_and_shape"])
     figures = {kind: {name: value / count["objects"] for name, value in count.items() if name != "objects"}
                for kind, count in counts.items() if count["objects"]}
     return {**figures, "per case": {"both": sum(per_case) / len(per_case)}}
