@@ -11,6 +11,8 @@ is this script's output.
 
     .venv/bin/python bench/bench_world_objects.py [--scenes 128] [--guidance 5 ...] [--steps 20]
         [--weights DIR]   (the world's models in the shipped layout; default: the shipped ones)
+        [--caption-order reversed]   (two-object scenes drawn from captions that name their
+                                      second object first; each object keeps its kind)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,6 +39,7 @@ from train.world.unet_training import DdimSampler  # noqa: E402
 
 
 KINDS = ("one object", "two objects: first", "two objects: second")
+CAPTION_ORDERS = ("scene", "reversed")
 SPLITS = {"test": "test", "validation": "train"}  # the table's split -> the scenes' pairs (random_scene's split)
 BATCH = 32
 
@@ -43,6 +47,13 @@ BATCH = 32
 def scenes_of(split: str, count: int) -> list[Scene]:
     rng = random.Random(f"bench-world-objects:{split}")
     return [random_scene(rng, SPLITS[split]) for _ in range(count)]
+
+
+def captioned_as(scene: Scene, order: str) -> Scene:
+    """The scene whose canonical caption the sampler draws from: the same objects, named in
+    the scene's order or the reverse (the picture is the same either way: each object has its
+    own cell)."""
+    return replace(scene, objects=scene.objects[::-1]) if order == "reversed" else scene
 
 
 def object_accuracy(judge: Judge, images: torch.Tensor, scenes: list[Scene]) -> dict[str, dict[str, float]]:
@@ -82,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="DDIM steps per picture")
     parser.add_argument("--weights", type=Path, default=SHIPPED.root,
                         help="the world's models, in the shipped layout (default: the shipped ones)")
+    parser.add_argument("--caption-order", choices=CAPTION_ORDERS, default="scene",
+                        help="reversed: each two-object scene's caption names its second object first (the "
+                             "objects keep their kinds), to tell where in the sentence an object is from which "
+                             "object it is")
     options = parser.parse_args(argv)
     if options.scenes < 1 or options.steps < 1 or min(options.guidance) <= 0:
         parser.error("--scenes and --steps must be at least 1 and --guidance above 0.")
@@ -96,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             round_trip = vae.decoder(vae.encoder(to_tensor([render(scene) for scene in scenes]))).float().clamp(0, 1)
         print(table_row(split, "VAE round trip", object_accuracy(judge, round_trip, scenes)), flush=True)
+        captioned = [captioned_as(scene, options.caption_order) for scene in scenes]
         for guidance in options.guidance:
-            drawn = torch.cat([sampler(scenes[first:first + BATCH], options.steps, guidance, seed=first)
+            drawn = torch.cat([sampler(captioned[first:first + BATCH], options.steps, guidance, seed=first)
                                for first in range(0, len(scenes), BATCH)])
-            print(table_row(split, f"UNet, guidance {guidance:g}", object_accuracy(judge, drawn, scenes)), flush=True)
+            reversed_note = ", caption reversed" if options.caption_order == "reversed" else ""
+            source = f"UNet, guidance {guidance:g}{reversed_note}"
+            print(table_row(split, source, object_accuracy(judge, drawn, scenes)), flush=True)
     return 0
 
 

@@ -6,7 +6,10 @@ import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from train.world.judge import to_tensor
+from train.world.language import caption
 from train.world.layout import SHIPPED
 from train.world.render import render
 from train.world.training import load_judge
@@ -50,3 +53,24 @@ def test_the_bench_prints_a_row_per_split_and_source(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| test") or
             line.startswith("| validation")]
     assert [row.split(" | ")[1] for row in rows] == ["VAE round trip", "UNet, guidance 2", "UNet, guidance 5"] * 2
+
+
+def test_a_reversed_caption_names_the_second_object_first_and_draws_the_same_picture():
+    """--caption-order reversed: the caption of a two-object scene names its objects the other
+    way round, its picture (what the judge compares with) is the same, and the objects keep
+    their kinds in the table."""
+    for scene in bench.scenes_of("test", 12):
+        turned = bench.captioned_as(scene, "reversed")
+        assert bench.captioned_as(scene, "scene") == scene
+        if len(scene.objects) == 1:
+            assert turned == scene
+            continue
+        first, second = caption(scene).removesuffix(f" on a {scene.background} background").split(" and ")
+        assert caption(turned) == f"{second} and {first} on a {scene.background} background"
+        assert np.array_equal(np.asarray(render(turned)), np.asarray(render(scene)))
+
+
+def test_the_bench_names_the_reversed_captions_rows(capsys):
+    assert bench.main(["--scenes", "2", "--steps", "1", "--caption-order", "reversed"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| test")]
+    assert [row.split(" | ")[1] for row in rows] == ["VAE round trip", f"UNet, guidance {bench.GUIDANCE:g}, caption reversed"]
