@@ -9,6 +9,7 @@ new scenes of the seen pairs instead, where a recipe is chosen):
   m2chat    the world VLM through the shipped M³Adapter (M²Chat)
   m2chat_gate0, m2chat_gate1  the adapter with its gate fixed at 0 or 1
   m2chat_gate_paper  the adapter with the paper's gate, g = cos(e_ans, e_cap) (Eq. 3)
+  --gate G  one more row, m2chat_gateG: the adapter with its gate fixed at G (0 to 1)
   --adapter ROW=FILE  one more row: M2ChatEncode with that adapter file (e.g. a stage-1 export)
 
 Tasks: text_to_image (requests), image_editing (a picture and an instruction; `all` is
@@ -27,7 +28,7 @@ Exits 1 when a text-to-image target (TARGETS and RELATIVE_TARGETS in
 scripts/world_graphs.py) is missed.
 
     .venv/bin/python bench/bench_world.py [--prompts 64] [--split test|validation] [--rows zero,caption,...]
-        [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...]
+        [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...] [--gate G ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
         [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
         [--sampler NAME] [--scheduler NAME] [--cfg X]   (KSampler's, default euler / normal / 3: the tables')
@@ -46,9 +47,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -65,6 +66,7 @@ from world_graphs import (  # noqa: E402
     dialogue_cases,
     edit_cases,
     encode_row,
+    fixed_gate_row,
     measure,
     missed_targets,
     prompt_cases,
@@ -115,7 +117,8 @@ class FigureCache:
         self.directory = directory
 
     def keys(self, prompts: int, split: str, world: WeightsLayout, world_adapter: Path | None,
-             extra: dict[str, Path], rows: Iterable[str], sampling: Sampling = Sampling()) -> dict[str, dict | None]:
+             extra: dict[str, Path], rows: Mapping[str, str | EncodeRow],
+             sampling: Sampling = Sampling()) -> dict[str, dict | None]:
         """Each row's key (the cases' count and split; hashing the models only where there is a
         cache to check them against): the adapter is the file the row reads (--adapter's, else
         the m2chat rows' own), None for the rows without one."""
@@ -127,7 +130,7 @@ class FigureCache:
         def adapter(row: str) -> str | None:
             if row in extra:
                 return digest(extra[row])
-            reads = encode_row(row)  # None for zero and caption; the fallback reads no adapter
+            reads = encode_row(rows[row])  # None for zero and caption; the fallback reads no adapter
             return own if reads and reads.adapter else None
         return {row: {"prompts": prompts, "split": split, **asdict(sampling), "weights": models,
                       "adapter": adapter(row)} for row in rows}
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(CASES))
     parser.add_argument("--adapter", action="append", default=[], metavar="ROW=FILE",
                         help="one more row: M2ChatEncode with this adapter file (e.g. a stage-1 export)")
+    parser.add_argument("--gate", type=float, action="append", default=[], metavar="G",
+                        help="one more row: the m2chat rows' adapter with its gate fixed at G (0 to 1), on the "
+                             "tasks with a picture in the context")
     parser.add_argument("--weights", type=Path, default=SHIPPED.root,
                         help="the world's models, in the shipped layout (default: the shipped ones; or a build's)")
     parser.add_argument("--world-adapter", type=Path,
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     try:
         sampling = Sampling(options.steps, options.sampler, options.scheduler, options.negative, options.cfg)
+        gate_rows = dict(fixed_gate_row(value) for value in options.gate)
     except ValueError as error:
         parser.error(str(error))
     # Stopped by a signal (a killed report): leave through `finally`, which stops the server.
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     world = WeightsLayout(options.weights)
     judge = load_judge(world.judge)
     clip = load_local_clip(world.clip, torch.device("cpu")) if world.clip.is_dir() else None
-    conditionings = {**{row: row for row in rows}, **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
+    conditionings = {**{row: row for row in rows}, **gate_rows,
+                     **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
     keys = cache.keys(options.prompts, options.split, world, options.world_adapter, extra, conditionings, sampling)
     cases_drawn = "held-out" if options.split == "test" else "validation (seen pairs)"

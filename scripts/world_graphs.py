@@ -70,11 +70,18 @@ class EncodeRow:
     gate_value: float = 0.5
 
 
+def fixed_gate_row(value: float) -> tuple[str, EncodeRow]:
+    """The shipped adapter with its gate fixed at `value` (0: image features only, 1: the VLM's
+    features only), m2chat_gate<value>."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"A fixed gate lies between 0 and 1, got {value:g}.")
+    return f"m2chat_gate{value:g}", EncodeRow(adapter=ADAPTER_FILE, gate_mode="fixed", gate_value=value)
+
+
 ENCODE_ROWS = {
     "fallback": EncodeRow(adapter=None),
     "m2chat": EncodeRow(adapter=ADAPTER_FILE),
-    "m2chat_gate0": EncodeRow(adapter=ADAPTER_FILE, gate_mode="fixed", gate_value=0.0),  # image features only
-    "m2chat_gate1": EncodeRow(adapter=ADAPTER_FILE, gate_mode="fixed", gate_value=1.0),  # VLM features only
+    **dict(fixed_gate_row(value) for value in (0.0, 1.0)),  # image features only, the VLM's features only
     "m2chat_gate_paper": EncodeRow(adapter=ADAPTER_FILE, gate_mode="paper"),  # g = cos(e_ans, e_cap), Eq. 3
 }
 CONDITIONINGS = ("zero", "caption", *ENCODE_ROWS)

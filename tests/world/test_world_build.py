@@ -212,11 +212,13 @@ def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path)
     spec.loader.exec_module(bench)
     cache, world = bench.FigureCache(tmp_path), WeightsLayout(built / "weights")
     stage1 = built / "m3ft" / "runs" / "stage1" / DEFAULT_EXPORT_NAME
-    rows = ("zero", "caption", "fallback", "m2chat", "m2chat_gate0", "stage1")
+    gate_name, gate_row = bench.fixed_gate_row(0.75)  # --gate 0.75: it reads the m2chat rows' adapter
+    rows = {**{row: row for row in ("zero", "caption", "fallback", "m2chat", "m2chat_gate0", "stage1")},
+            gate_name: gate_row}
     implicit = cache.keys(64, "test", world, None, {"stage1": stage1}, rows)
     assert cache.keys(64, "test", world, world.adapter, {"stage1": stage1}, rows) == implicit
     other = cache.keys(64, "test", world, stage1, {"stage1": stage1}, rows)
-    assert [row for row in rows if other[row] != implicit[row]] == ["m2chat", "m2chat_gate0"]
+    assert [row for row in rows if other[row] != implicit[row]] == ["m2chat", "m2chat_gate0", "m2chat_gate0.75"]
     assert implicit["stage1"]["adapter"] == other["m2chat"]["adapter"] != implicit["m2chat"]["adapter"]
     for other_protocol in (bench.Sampling(steps=2), bench.Sampling(sampler="ddim"), bench.Sampling(negative="zero"),
                            bench.Sampling(cfg=bench.Sampling.cfg + 1)):

@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from world_graphs import dialogue_cases, edit_cases, prompt_cases, story_cases
+from world_graphs import (ENCODE_ROWS, dialogue_cases, edit_cases, encode_row_graph, fixed_gate_row, prompt_cases,
+                          story_cases)
 
 from train.data.dialogue import DialogueRecords
 from train.data.samples import TrainingSample
@@ -125,6 +126,20 @@ def test_the_benchmark_draws_test_cases_of_held_out_pairs_and_validation_cases_o
     assert not set().union(*(_named_pairs(case.premise) for case in validation)) & HELD_OUT_PAIRS
     with pytest.raises(ValueError, match="choose one of"):
         prompt_cases(1, split="train")
+
+
+def test_a_fixed_gate_row_draws_every_turn_with_that_gate():
+    """bench_world.py --gate G: each M2ChatEncode of a dialogue's graph has its gate fixed at G;
+    the two ends are the table's own rows; a gate outside [0, 1] is refused."""
+    name, row = fixed_gate_row(0.75)
+    graph = encode_row_graph(row, dialogue_cases(1)[0], seed=0, source_image=None)
+    encodes = [node["inputs"] for node in graph.values() if node["class_type"] == "M2ChatEncode"]
+    assert name == "m2chat_gate0.75" and len(encodes) == 3
+    assert all((inputs["gate_mode"], inputs["gate_value"]) == ("fixed", 0.75) for inputs in encodes)
+    assert dict([fixed_gate_row(0), fixed_gate_row(1)]) == {
+        row: ENCODE_ROWS[row] for row in ("m2chat_gate0", "m2chat_gate1")}
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fixed_gate_row(1.5)
 
 
 def test_captions_name_every_object_and_edits_change_only_what_they_say():
