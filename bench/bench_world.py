@@ -27,11 +27,12 @@ with the world's CLIP (clip/ in --weights; no column without one), in M2ChatEnco
 Exits 1 when a text-to-image target (TARGETS and RELATIVE_TARGETS in
 scripts/world_graphs.py) is missed.
 
-    .venv/bin/python bench/bench_world.py [--prompts 64] [--split test|validation] [--rows zero,caption,...]
+    .venv/bin/python bench/bench_world.py [--prompts 64] [--split test|validation] [--case-seed 0]
+        [--rows zero,caption,...]
         [--tasks text_to_image,image_editing,multimodal_dialogue] [--adapter ROW=FILE ...] [--gate G ...]
         [--weights DIR] [--world-adapter FILE] [--json PATH] [--markdown PATH] [--cache DIR]
         [--steps N]   (KSampler steps, default 20: the tables' protocol; fewer for a quick look)
-        [--sampler NAME] [--scheduler NAME] [--cfg X]   (KSampler's, default euler / normal / 3: the tables')
+        [--sampler NAME] [--scheduler NAME] [--cfg X]   (KSampler's, default the tables': train/world/sdxl.py)
         [--negative row|zero|empty]   (default row: each row its own negative, as the tables;
                                        zero or empty: every row against the all-zero negative
                                        or the empty caption's encoding)
@@ -118,8 +119,8 @@ class FigureCache:
 
     def keys(self, prompts: int, split: str, world: WeightsLayout, world_adapter: Path | None,
              extra: dict[str, Path], rows: Mapping[str, str | EncodeRow],
-             sampling: Sampling = Sampling()) -> dict[str, dict | None]:
-        """Each row's key (the cases' count and split; hashing the models only where there is a
+             sampling: Sampling = Sampling(), case_seed: int = 0) -> dict[str, dict | None]:
+        """Each row's key (the cases' count, split and seed; hashing the models only where there is a
         cache to check them against): the adapter is the file the row reads (--adapter's, else
         the m2chat rows' own), None for the rows without one."""
         if not self.directory:
@@ -132,7 +133,7 @@ class FigureCache:
                 return digest(extra[row])
             reads = encode_row(rows[row])  # None for zero and caption; the fallback reads no adapter
             return own if reads and reads.adapter else None
-        return {row: {"prompts": prompts, "split": split, **asdict(sampling), "weights": models,
+        return {row: {"prompts": prompts, "split": split, "case_seed": case_seed, **asdict(sampling), "weights": models,
                       "adapter": adapter(row)} for row in rows}
 
     def get(self, task: str, row: str, key: dict) -> dict[str, float] | None:
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=CASE_SPLITS, default="test",
                         help="test (default): held-out (colour, shape) pairs, the tables; validation: new scenes "
                              "of the seen pairs, where a recipe is chosen (never on the test split)")
+    parser.add_argument("--case-seed", type=int, default=0,
+                        help="draw another set of cases (default 0: the tables'); e.g. fresh validation cases "
+                             "for a recipe decision")
     parser.add_argument("--rows", default=",".join(CONDITIONINGS))
     parser.add_argument("--tasks", default=",".join(CASES))
     parser.add_argument("--adapter", action="append", default=[], metavar="ROW=FILE",
@@ -205,14 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     conditionings = {**{row: row for row in rows}, **gate_rows,
                      **{row: EncodeRow(adapter=f"{row}.safetensors") for row in extra}}
     cache = FigureCache(options.cache)
-    keys = cache.keys(options.prompts, options.split, world, options.world_adapter, extra, conditionings, sampling)
+    keys = cache.keys(options.prompts, options.split, world, options.world_adapter, extra, conditionings, sampling,
+                      options.case_seed)
     cases_drawn = "held-out" if options.split == "test" else "validation (seen pairs)"
-    measured_on = ", ".join(filter(None, [f"{options.prompts} {cases_drawn} cases", sampling.differences()]))
+    case_seed = f"case seed {options.case_seed}" if options.case_seed else ""
+    measured_on = ", ".join(filter(None, [f"{options.prompts} {cases_drawn} cases", case_seed,
+                                          sampling.differences()]))
     figures, server = {}, None
     with tempfile.TemporaryDirectory() as base:
         try:
             for task in tasks:
-                cases, figures[task] = CASES[task](options.prompts, split=options.split), {}
+                cases, figures[task] = CASES[task](options.prompts, options.case_seed, options.split), {}
                 for row, conditioning in conditionings.items():
                     if not measured_on_task(task, conditioning):
                         continue

@@ -38,7 +38,7 @@ from train.world.language import caption, edit_instruction, parse_caption, reque
 from train.world.layout import ADAPTER_FILE, VLM_NAME
 from train.world.render import render
 from train.world.scenes import Scene, apply_edit, edit_start, random_edit, random_scene
-from train.world.sdxl import GUIDANCE, SAMPLER_STEPS, TEXT_ENCODER_SEED, UNET_FILE
+from train.world.sdxl import GUIDANCE, SAMPLER, SAMPLER_STEPS, SCHEDULER, TEXT_ENCODER_SEED, UNET_FILE
 from train.world.vocabulary import IMAGE_SIZE, SCENE_SPLIT
 
 
@@ -96,7 +96,7 @@ ROW_LABELS = {  # the rows as the paper's tables name them; "stage1": a stage-1 
 def _sampled(positive: list, negative: list, seed: int, prefix: str) -> dict:
     graph = native_sdxl_graph(positive, negative, width=IMAGE_SIZE, height=IMAGE_SIZE, seed=seed,
                               steps=SAMPLER_STEPS, filename_prefix=prefix, unet_name=UNET_FILE)
-    graph["sampler"]["inputs"]["cfg"] = GUIDANCE
+    graph["sampler"]["inputs"].update(sampler_name=SAMPLER, scheduler=SCHEDULER, cfg=GUIDANCE)
     graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": TEXT_ENCODER_SEED}}
     return graph
 
@@ -166,15 +166,15 @@ NEGATIVES = ("row", "zero", "empty")
 @dataclass(frozen=True)
 class Sampling:
     """How every KSampler of a measured graph draws. The default is the tables' protocol:
-    SAMPLER_STEPS steps of euler at classifier-free guidance GUIDANCE, each row against its own
+    SAMPLER_STEPS steps of SAMPLER / SCHEDULER at classifier-free guidance GUIDANCE, each row against its own
     negative (the caption rows: the empty caption's encoding, as users wire CLIPTextEncode;
     M2Chat rows: the all-zero negative of the pack's nodes, as the authors sample). `negative`
     "zero" or "empty" puts every row against that one; `sampler`, `scheduler` and `cfg` are
     KSampler's choices."""
 
     steps: int = SAMPLER_STEPS
-    sampler: str = "euler"
-    scheduler: str = "normal"
+    sampler: str = SAMPLER
+    scheduler: str = SCHEDULER
     negative: str = "row"
     cfg: float = GUIDANCE
 
@@ -452,7 +452,7 @@ def world_workflow(api_prompt: dict, texts: tuple[str, ...], source_image: str |
     """A shared workflow (API format) on the world's models: its checkpoint swapped for the
     world's SDXL parts, its VLM and adapter for the world's, the texts of its M2Chat nodes for
     `texts` (one per node, in node order), its LoadImage's picture for `source_image` (a file
-    in ComfyUI's input folder), sizes for the world's, KSampler at SAMPLER_STEPS and GUIDANCE."""
+    in ComfyUI's input folder), sizes for the world's, KSampler drawing as the tables' protocol."""
     prompt = copy_prompt(api_prompt)
     chat_nodes = chat_node_ids(prompt)
     if len(chat_nodes) != len(texts):
@@ -469,7 +469,7 @@ def world_workflow(api_prompt: dict, texts: tuple[str, ...], source_image: str |
         elif node["class_type"] == "EmptyLatentImage":
             inputs.update(width=IMAGE_SIZE, height=IMAGE_SIZE)
         elif node["class_type"] == "KSampler":
-            inputs.update(steps=SAMPLER_STEPS, cfg=GUIDANCE)
+            inputs.update(steps=SAMPLER_STEPS, sampler_name=SAMPLER, scheduler=SCHEDULER, cfg=GUIDANCE)
         elif node["class_type"] == "M2ChatStoryboard":
             inputs.update(title=texts[0])
         elif node["class_type"] == "LoadImage" and source_image:

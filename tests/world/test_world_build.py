@@ -206,7 +206,7 @@ def test_unet_training_without_comfyui_says_where_to_get_it(tmp_path):
 def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path):
     """The m2chat rows' adapter named explicitly or read from the weights folder is the same
     key (no measuring again); rows without an adapter do not depend on it; every row depends on how
-    the KSampler draws (steps, sampler, negative) and on the cases' split."""
+    the KSampler draws (steps, sampler, negative) and on the cases' split and seed."""
     spec = importlib.util.spec_from_file_location("bench_world", REPO / "bench" / "bench_world.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -226,3 +226,5 @@ def test_the_report_cache_keys_each_row_by_the_adapter_it_reads(built, tmp_path)
         assert all(drawn_otherwise[row] != implicit[row] for row in rows)
     validation = cache.keys(64, "validation", world, None, {"stage1": stage1}, rows)
     assert all(validation[row] != implicit[row] for row in rows)
+    other_cases = cache.keys(64, "test", world, None, {"stage1": stage1}, rows, case_seed=1)
+    assert all(other_cases[row] != implicit[row] for row in rows)

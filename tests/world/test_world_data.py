@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from world_graphs import (ENCODE_ROWS, dialogue_cases, edit_cases, encode_row_graph, fixed_gate_row, prompt_cases,
-                          story_cases)
+from world_graphs import (ENCODE_ROWS, Sampling, dialogue_cases, edit_cases, encode_row_graph, fixed_gate_row,
+                          graph_for, prompt_cases, story_cases, world_workflow)
 
 from train.data.dialogue import DialogueRecords
 from train.data.samples import TrainingSample
@@ -194,3 +194,19 @@ def test_jsonl_read_by_the_stage2_reader(world, name):
         assert follow_ups and all(len(s.turn.images) == 1 for s in follow_ups)
     if name == "stories":
         assert {len(s.history) for s in samples} == {0, 1, 2, 3}
+
+
+def test_every_world_graph_draws_with_the_tables_protocol():
+    """The bench's rows and the demo's workflows on the world sample as the protocol says
+    (train/world/sdxl.py: sampler, scheduler, steps, guidance), so the tables and the demo agree."""
+    protocol = Sampling()
+    expected = {"sampler_name": protocol.sampler, "scheduler": protocol.scheduler, "steps": protocol.steps,
+                "cfg": protocol.cfg}
+    case = prompt_cases(1)[0]
+    graphs = [graph_for(row, case, seed=0, source_image=None) for row in ("zero", "caption", *ENCODE_ROWS)]
+    shared = {"sampler": {"class_type": "KSampler", "inputs": {
+        "seed": 0, "steps": 25, "cfg": 5.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}}}
+    graphs.append(world_workflow(shared, texts=()))
+    samplers = [node["inputs"] for graph in graphs for node in graph.values() if node["class_type"] == "KSampler"]
+    assert len(samplers) == len(graphs)
+    assert all({key: inputs[key] for key in expected} == expected for inputs in samplers)

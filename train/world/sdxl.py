@@ -47,9 +47,10 @@ WORLD_UNET_CONFIG = {
 DETECTION_KEYS = ("model_channels", "transformer_depth", "context_dim", "adm_in_channels",
                   "use_linear_in_transformer", "use_temporal_attention")
 
-# How the world's pictures are drawn through ComfyUI (the tables' protocol): KSampler
-# euler / normal schedule, this many steps, this classifier-free guidance. Guidance 3, not 5,
+# How the world's pictures are drawn through ComfyUI (the tables' protocol): KSampler's
+# sampler and scheduler, this many steps, this classifier-free guidance. Guidance 3, not 5,
 # chosen on the validation split's pictures (train/world/RESULTS.md, "The guidance").
+SAMPLER, SCHEDULER = "euler", "normal"
 SAMPLER_STEPS, GUIDANCE = 20, 3.0
 
 # SDXL's noise schedule (scaled linear betas, 1000 steps), as ComfyUI's ModelSamplingDiscrete.
