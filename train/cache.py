@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .data.samples import CachedTargets, DataFileSpan, SampleSource, SkippedSample, TrainingSample
 from .sdxl import FrozenEncoders
@@ -99,24 +100,30 @@ class TargetCacheFiles:
 
 
 def build_target_cache(source: SampleSource, frozen: FrozenEncoders, settings: CacheSettings) -> TargetCacheFiles:
-    """Compute the missing chunks (existing ones are reused) and return their reader."""
+    """Compute the missing chunks (existing ones are reused), with a progress bar over the
+    samples to encode, and return their reader."""
     settings.folder.mkdir(parents=True, exist_ok=True)
-    computed = reused = 0
-    for span in source.spans:
-        for chunk in _chunks(span):
-            path = _chunk_path(span, chunk, settings)
-            if path.exists():
-                reused += 1
-                continue
-            start = span.start + chunk * CHUNK_SIZE
-            _write_chunk(path, source, range(start, min(start + CHUNK_SIZE, span.start + span.count)), frozen, settings)
-            computed += 1
-    logger.info("Target cache in %s: %d chunks computed, %d reused", settings.folder, computed, reused)
+    chunks = [(span, chunk, _chunk_path(span, chunk, settings)) for span in source.spans for chunk in _chunks(span)]
+    missing = {path: _chunk_indices(span, chunk) for span, chunk, path in chunks if not path.exists()}
+    samples = sum(map(len, missing.values()))
+    if missing:
+        logger.info("Target cache in %s: encoding %d samples (%d chunks) ...", settings.folder, samples, len(missing))
+    with tqdm(total=samples, desc="M³FT target cache", unit="sample", disable=not missing) as progress:
+        for path, indices in missing.items():
+            _write_chunk(path, source, indices, frozen, settings, progress)
+    logger.info("Target cache in %s: %d chunks computed, %d reused", settings.folder, len(missing),
+                len(chunks) - len(missing))
     return TargetCacheFiles(source.spans, settings)
 
 
+def _chunk_indices(span: DataFileSpan, chunk: int) -> range:
+    start = span.start + chunk * CHUNK_SIZE
+    return range(start, min(start + CHUNK_SIZE, span.start + span.count))
+
+
 def _write_chunk(
-    path: Path, source: SampleSource, indices: range, frozen: FrozenEncoders, settings: CacheSettings
+    path: Path, source: SampleSource, indices: range, frozen: FrozenEncoders, settings: CacheSettings,
+    progress: tqdm,
 ) -> None:
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in _TENSORS}
     skipped: dict[int, tuple[str, str]] = {}
@@ -139,6 +146,7 @@ def _write_chunk(
         pending.clear()
 
     for row, index in enumerate(indices):
+        progress.update()
         sample = source.load(index, decode_target=True)
         if isinstance(sample, SkippedSample):
             skipped[row] = (sample.key, sample.reason)

@@ -30,11 +30,13 @@ def _settings(folder, frozen, **changes):
     return CacheSettings(**(values | changes))
 
 
-def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tmp_path, caplog, one_thread):
+def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tmp_path, caplog, capsys, one_thread):
     shard = tmp_path / "shard.tar"
     shard.write_bytes((assets / "shards" / "train-000000.tar").read_bytes())
     source = ImageTextShards([shard], resolution=64, crop="center", seed=0)
     cache = build_target_cache(source, frozen, _settings(tmp_path / "cache", frozen))
+    bar = capsys.readouterr().err  # a progress bar over the samples while it encodes
+    assert "M³FT target cache: 100%" in bar and f"| {len(source)}/{len(source)} [" in bar
 
     rows = [cache.row(index) for index in range(len(source))]
     assert sorted(row.reason for row in rows if isinstance(row, SkippedSample)) == sorted(BAD_SAMPLES)
@@ -51,6 +53,7 @@ def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tm
     with caplog.at_level(logging.INFO, logger="train.cache"):
         build_target_cache(source, frozen, _settings(tmp_path / "cache", frozen))
         assert "0 chunks computed, 1 reused" in caplog.text
+        assert "target cache" not in capsys.readouterr().err  # nothing to encode: no bar
         caplog.clear()
         build_target_cache(source, frozen, _settings(tmp_path / "cache", frozen, resolution=32))
         assert "1 chunks computed, 0 reused" in caplog.text
