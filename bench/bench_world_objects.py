@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             round_trip = vae.decoder(vae.encoder(to_tensor([render(scene) for scene in scenes]))).float().clamp(0, 1)
         print(table_row(split, "VAE round trip", object_accuracy(judge, round_trip, scenes)), flush=True)
         captioned = [captioned_as(scene, options.caption_order) for scene in scenes]
+        reversed_note = ", caption reversed" if options.caption_order == "reversed" else ""
         for guidance in options.guidance:
             drawn = torch.cat([sampler(captioned[first:first + BATCH], options.steps, guidance, seed=first)
                                for first in range(0, len(scenes), BATCH)])
-            reversed_note = ", caption reversed" if options.caption_order == "reversed" else ""
             source = f"UNet, guidance {guidance:g}{reversed_note}"
             print(table_row(split, source, object_accuracy(judge, drawn, scenes)), flush=True)
     return 0

@@ -96,7 +96,7 @@ ROW_LABELS = {  # the rows as the paper's tables name them; "stage1": a stage-1 
 def _sampled(positive: list, negative: list, seed: int, prefix: str) -> dict:
     graph = native_sdxl_graph(positive, negative, width=IMAGE_SIZE, height=IMAGE_SIZE, seed=seed,
                               steps=SAMPLER_STEPS, filename_prefix=prefix, unet_name=UNET_FILE)
-    graph["sampler"]["inputs"].update(sampler_name=SAMPLER, scheduler=SCHEDULER, cfg=GUIDANCE)
+    graph["sampler"]["inputs"].update(Sampling().ksampler_inputs)
     graph["clip"] = {"class_type": "TinySDXLCLIPLoader", "inputs": {"seed": TEXT_ENCODER_SEED}}
     return graph
 
@@ -186,6 +186,11 @@ class Sampling:
         if self.negative not in NEGATIVES:
             raise ValueError(f"negative must be one of {', '.join(NEGATIVES)}, got {self.negative!r}.")
 
+    @property
+    def ksampler_inputs(self) -> dict:
+        """KSampler's inputs that draw this way."""
+        return {"steps": self.steps, "sampler_name": self.sampler, "scheduler": self.scheduler, "cfg": self.cfg}
+
     def applied(self, graph: dict) -> dict:
         """`graph` with every KSampler drawing this way."""
         negative = None
@@ -195,8 +200,7 @@ class Sampling:
             graph["zeroed_caption"], negative = _zeroed(negative), ["zeroed_caption", 0]
         for node in graph.values():
             if node["class_type"] == "KSampler":
-                node["inputs"].update(steps=self.steps, sampler_name=self.sampler, scheduler=self.scheduler,
-                                      cfg=self.cfg)
+                node["inputs"].update(self.ksampler_inputs)
                 if negative:
                     node["inputs"]["negative"] = negative
         return graph
@@ -469,7 +473,7 @@ def world_workflow(api_prompt: dict, texts: tuple[str, ...], source_image: str |
         elif node["class_type"] == "EmptyLatentImage":
             inputs.update(width=IMAGE_SIZE, height=IMAGE_SIZE)
         elif node["class_type"] == "KSampler":
-            inputs.update(steps=SAMPLER_STEPS, sampler_name=SAMPLER, scheduler=SCHEDULER, cfg=GUIDANCE)
+            inputs.update(Sampling().ksampler_inputs)
         elif node["class_type"] == "M2ChatStoryboard":
             inputs.update(title=texts[0])
         elif node["class_type"] == "LoadImage" and source_image:
