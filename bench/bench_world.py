@@ -76,7 +76,7 @@ from world_graphs import (  # noqa: E402
 
 from m2chat_core.m3ft_settings import FILE_GATE_MODE  # noqa: E402
 from train.evaluate.clip_model import load_local_clip  # noqa: E402
-from train.world.files import atomic_path  # noqa: E402
+from m2chat_core.atomic_files import atomic_path  # noqa: E402
 from train.world.layout import ADAPTER_FILE, SHIPPED, WeightsLayout  # noqa: E402
 from train.world.report import ABLATIONS, MISSED_TARGETS_EXIT  # noqa: E402
 from train.world.training import load_judge  # noqa: E402

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .adapter import ADAPTER_FORMAT_VERSION, AdapterConfigError, M3Adapter, M3AdapterConfig
+from .atomic_files import atomic_path
 from .gate import with_one_element_gate
 
 logger = logging.getLogger(__name__)
@@ -202,25 +202,10 @@ def save_adapter_file(
         if vlm_deltas.config is not None:
             metadata[VLM_DELTA_CONFIG_KEY] = json.dumps(dict(vlm_deltas.config), sort_keys=True)
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-    _write_atomically(path, tensors, metadata)
+    with atomic_path(path) as temporary:  # readers see the old file or the complete new one
+        temporary.write_bytes(_canonical_safetensors(tensors, metadata))
     logger.info("Saved M³Adapter (%d tensors) to %s", len(tensors), path)
     return path
-
-
-def _write_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    # A temporary file in the same folder, fsynced, then renamed over the target: readers
-    # see the old file or the complete new one, never a half-written one.
-    # (A fresh name rather than mkstemp, so the file gets the user's usual permissions.)
-    temporary_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary_path, "wb") as temporary:
-            temporary.write(_canonical_safetensors(tensors, metadata))
-            temporary.flush()
-            os.fsync(temporary.fileno())
-        os.replace(temporary_path, path)
-    except BaseException:
-        temporary_path.unlink(missing_ok=True)
-        raise
 
 
 def _canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

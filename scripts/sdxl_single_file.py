@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from comfyui_env import COMFYUI_PATH
-from train.world.files import atomic_path
+from m2chat_core.atomic_files import atomic_path
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP_L, OPEN_CLIP_G = "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."

@@ -11,12 +11,14 @@ test tests/unit/test_registry_metadata.py fails until you do.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from m2chat_core.atomic_files import atomic_path  # noqa: E402 - the one atomic writer
+
 # comfy-cli's and pip's comment rule: `#` starts a comment at a line start or after blanks.
 INLINE_COMMENT = re.compile(r"(^|\s+)#.*$")
 DEPENDENCIES_BLOCK = re.compile(r"^dependencies = \[.*?^\]\n", re.MULTILINE | re.DOTALL)
@@ -55,19 +57,14 @@ def synced_pyproject(pyproject_text: str, requirements: list[str]) -> str:
     return DEPENDENCIES_BLOCK.sub(lambda _match: dependencies_block(requirements), pyproject_text, count=1)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")  # beside it, then renamed over it
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def sync(root: Path = REPO) -> bool:
     """Rewrites root/pyproject.toml from root/requirements.txt; True when it changed."""
     pyproject = root / "pyproject.toml"
     old = pyproject.read_text(encoding="utf-8")
     new = synced_pyproject(old, requirement_lines(root / "requirements.txt"))
     if new != old:
-        write_atomically(pyproject, new)
+        with atomic_path(pyproject) as temporary:
+            temporary.write_text(new, encoding="utf-8")
     return new != old
 
 

@@ -15,8 +15,6 @@ import bisect
 import hashlib
 import json
 import logging
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from m2chat_core.atomic_files import atomic_path
 
 from .data.samples import CachedTargets, DataFileSpan, SampleSource, SkippedSample, TrainingSample
 from .sdxl import FrozenEncoders
@@ -160,13 +160,8 @@ def _write_chunk(
         name: _rows_tensor(values, len(indices), torch.float32 if name in _FLOAT32_TENSORS else _DTYPES[settings.dtype])
         for name, values in columns.items()
     }
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         save_file(tensors, temporary, metadata={_SKIPPED_KEY: json.dumps(skipped)})
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     if skipped:
         reasons = sorted({reason for _, reason in skipped.values()})
         logger.warning("Cache chunk %s: %d samples skipped (%s)", path.name, len(skipped), ", ".join(reasons))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ def _settings(folder, frozen, **changes):
     return CacheSettings(**(values | changes))
 
 
-def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tmp_path, caplog, capsys, one_thread):
+def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tmp_path, caplog, capsys, one_thread,
+                                                              umask_022):
     shard = tmp_path / "shard.tar"
     shard.write_bytes((assets / "shards" / "train-000000.tar").read_bytes())
     source = ImageTextShards([shard], resolution=64, crop="center", seed=0)
@@ -61,7 +63,9 @@ def test_cached_rows_equal_the_frozen_encoders_and_keep_skips(assets, frozen, tm
         os.utime(shard, ns=(0, 0))  # the data file changed
         build_target_cache(source, frozen, _settings(tmp_path / "cache", frozen))
         assert "1 chunks computed, 0 reused" in caplog.text
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3
+    chunks = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(chunks) == 3
+    assert {stat.S_IMODE(chunk.stat().st_mode) for chunk in chunks} == {0o644}  # not safetensors' own 0o600
     assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left
 
 

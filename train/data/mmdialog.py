@@ -22,12 +22,13 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from m2chat_core.atomic_files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ def convert(
     captions = read_captions(captions_file)
     converter = Converter(images, out, captions, max_history_turns)
     report = ConversionReport()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(out) as temporary:
         with open(temporary, "w", encoding="utf-8") as file:
             for path in inputs:
                 for dialogue in read_dialogues(path):
@@ -177,10 +176,6 @@ def convert(
                     report.kept_dialogues += 1
                     report.records += len(records)
                     file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        os.replace(temporary, out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return report
 
 

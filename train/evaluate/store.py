@@ -10,10 +10,11 @@ No torch here: the settings are checked before any model is imported.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from m2chat_core.atomic_files import atomic_path
 
 from ..settings_changes import changed_settings
 from .config import EvaluateConfig
@@ -66,7 +67,8 @@ class GenerationStore:
                 )
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(settings, indent=2, sort_keys=True).encode())
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(settings, indent=2, sort_keys=True))
 
     def image_path(self, system: str, item_id: str) -> Path:
         return self.output_dir / "images" / system / f"{item_id}.png"
@@ -90,18 +92,10 @@ class GenerationStore:
 
     def save_image(self, system: str, item_id: str, png: bytes) -> None:
         path = self.image_path(system, item_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, png)
+        with atomic_path(path) as temporary:  # a killed run leaves no half image a resume would keep
+            temporary.write_bytes(png)
 
 
 def _flat(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`section.name` -> value."""
     return {f"{section}.{name}": value for section, values in settings.items() for name, value in values.items()}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Written beside the target, then renamed over it: an interrupted run leaves no
-    # half-written image that a resume would take for a finished one.
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -15,8 +15,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from m2chat_core.atomic_files import atomic_path
+
 from .config import BuildConfig, ClipConfig, JudgeConfig, M3ftConfig, UnetConfig, VaeConfig, VlmConfig
-from .files import atomic_path
 from .layout import CLIP_NAME, JUDGE_FILE, TRAINING_FIGURES, VLM_NAME, WeightsLayout
 from .loop import logged_to, run_stage
 from .sdxl import UNET_FILE

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from m2chat_core.atomic_files import atomic_path
+
 from .comfyui import import_comfyui
-from .files import atomic_path
 from .layout import SHIPPED, WeightsLayout
 from .sdxl import TEXT_ENCODER_SEED, build_text_encoders, register_world_sdxl
 from .taesd import DECODER_FILE, ENCODER_FILE, TAESDXL_SCALE

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
+from m2chat_core.atomic_files import atomic_path
+
 from ..evaluate.tiny_assets import seeded_clip
 from .config import ClipConfig
-from .files import atomic_path
 from .language import caption
 from .layout import CLIP_NAME
 from .loop import train

@@ -28,11 +28,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from m2chat_core.atomic_files import atomic_path
 from m2chat_core.prompt import panel_prompt
 
 from . import language
 from .config import DataConfig
-from .files import atomic_path
 from .render import png_bytes, render
 from .scenes import Edit, Scene, apply_edit, edit_start, in_split, possible_edits, random_edit, random_scene
 from .vocabulary import HELD_OUT_PAIRS, SCENE_SPLIT, SPLITS

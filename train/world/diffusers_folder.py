@@ -24,12 +24,13 @@ from diffusers import AutoencoderTiny, StableDiffusionXLPipeline, UNet2DConditio
 from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from m2chat_core.atomic_files import atomic_path
+
 from ..config import ConfigError
 from ..sdxl import CLIP_MAX_LENGTH
 from ..tiny_sdxl import ADD_TIME_EMBED_DIM, sdxl_base_scheduler
 from .comfyui import COMFYUI_PATH, import_comfyui
 from .config import DiffusersConfig
-from .files import atomic_path
 from .layout import WeightsLayout
 from .sdxl import TEXT_ENCODER_SEED, WORLD_UNET_CONFIG, build_text_encoders, load_unet, text_encoder_config
 from .taesd import TinyAutoencoder, load_taesd

@@ -26,8 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from m2chat_core.atomic_files import atomic_path
+
 from ..settings_changes import changed_settings
-from .files import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from m2chat_core.atomic_files import atomic_path
+
 from .config import MeasureConfig
-from .files import atomic_path
 from .judge import Judge, accuracy, scene_batch
 from .scenes import ANY
 from .taesd import ENCODER_FILE, TinyAutoencoder, load_taesd

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from m2chat_core.atomic_files import atomic_path
+
 from .comfyui import import_comfyui
-from .files import atomic_path
 from .vocabulary import IMAGE_SIZE
 
 UNET_FILE = "m2chat-world-sdxl.safetensors"  # models/diffusion_models/

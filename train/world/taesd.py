@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .files import atomic_path
+from m2chat_core.atomic_files import atomic_path
 
 WIDTH = 64
 LATENT_CHANNELS = 4

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from m2chat_core.atomic_files import atomic_path
+
 from . import judge as judging
 from .config import JudgeConfig, VaeConfig
-from .files import atomic_path
 from .judge import Judge
 from .layout import JUDGE_FILE
 from .loop import train

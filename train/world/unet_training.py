@@ -21,8 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from m2chat_core.atomic_files import atomic_path
+
 from .config import UnetConfig
-from .files import atomic_path
 from .judge import accuracy, to_tensor
 from .language import caption
 from .loop import WithAverage, train

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from m2chat_core.atomic_files import atomic_path
 from m2chat_core.losses import IGNORE_INDEX, text_loss
 from m2chat_core.teacher_forcing import (TeacherForcedOutput, TeacherForcingBatch, forced_turn, prepare_batch,
                                          teacher_force)
@@ -26,7 +27,6 @@ from m2chat_core.vlm import LoadedVLM, load_vlm
 
 from .config import VlmConfig
 from .layout import VLM_NAME
-from .files import atomic_path
 from .loop import train
 from .vision_pretraining import (VisionHeads, grey_draws, patch_features, pictures, projected_features, test_scenes,
                                  training_scenes, vision_accuracy, vision_loss)

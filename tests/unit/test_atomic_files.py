@@ -1,4 +1,4 @@
-"""The world's atomic writes (train/world/files.py): complete or absent, with the
+"""Atomic writes (m2chat_core/atomic_files.py): complete or absent, with the
 permissions the user's umask gives, whoever wrote the bytes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.world.files import atomic_path
+from m2chat_core.atomic_files import atomic_path
 
 
 def _mode(path) -> int:

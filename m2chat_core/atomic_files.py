@@ -1,4 +1,5 @@
-"""Atomic output: files and folders appear complete or not at all."""
+"""Atomic output, for every file the pack and train/ write: files and folders appear complete
+or not at all, with the permissions the user's umask gives."""
 
 from __future__ import annotations
 
