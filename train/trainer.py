@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from m2chat_core.adapter import trainable_parameter_groups
 from m2chat_core.adapter_file import VLMDeltas, load_adapter_file, save_adapter_file
+from m2chat_core.atomic_files import atomic_path
 from m2chat_core.m3ft_settings import VLM_GROUPS
 from m2chat_core.teacher_forcing import TeacherForcingBatch
 from m2chat_core.vlm import decoder_layer_count, load_vlm
@@ -178,7 +179,8 @@ class Trainer:
             if writes_shared_parts(self.accelerator, self.output_shared):
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 remove_staging_leftovers(self.checkpoints)
-                (self.output_dir / CONFIG_FILE_NAME).write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+                with atomic_path(self.output_dir / CONFIG_FILE_NAME) as temporary:
+                    temporary.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         except OSError as error:
             raise output_fault(self.output_dir, error) from error
         self.accelerator.wait_for_everyone()

@@ -9,6 +9,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from m2chat_core.atomic_files import atomic_path
+
 from .config import CAPTION_DATASETS, EvaluateConfig
 from .datasets import EvaluationSet
 from .generation import GenerationCounts
@@ -138,6 +140,8 @@ def _generation_summary(report: dict[str, Any]) -> list[str]:
 def write_report(output_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     json_path, markdown_path = output_dir / JSON_FILE, output_dir / MARKDOWN_FILE
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    markdown_path.write_text(markdown(report), encoding="utf-8")
+    with atomic_path(json_path) as temporary:
+        temporary.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_path(markdown_path) as temporary:
+        temporary.write_text(markdown(report), encoding="utf-8")
     return json_path, markdown_path
