@@ -121,6 +121,7 @@ class UnetTask:
         self.clip = build_text_encoders()
         self.vae = load_taesd(Path(config.vae)).eval()
         self.sample = DdimSampler(self.result, self.clip, self.vae, config.bf16)  # the evaluation's
+        self.alphas = alphas_cumprod()  # the training noise schedule, SDXL's
         rng = random.Random(f"unet-pool:{config.seed}")
         scenes = [random_scene(rng, "train") for _ in range(config.pool_scenes)]
         identity = json.dumps({"seed": config.seed, "scenes": config.pool_scenes,
@@ -149,14 +150,14 @@ class UnetTask:
         drop = torch.rand(len(index), generator=generator) < self.config.uncond_probability
         if drop.any():  # classifier-free guidance: learn the unconditional prediction too
             context[drop], pooled[drop] = self._unconditional(int(drop.sum()), generator)
-        timesteps = torch.randint(len(self.sample.alphas), (len(index),), generator=generator)
+        timesteps = torch.randint(len(self.alphas), (len(index),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         # Offset noise: a random per-channel constant in the noise, so the pure noise a
         # sampler starts from carries no usable hint of the picture's mean colour (SDXL's
         # schedule leaves sqrt(alpha_T) = 0.07 of the latent in x_T, which a UNet otherwise
         # learns to read, then draws random backgrounds from random noise).
         noise = noise + self.config.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-        alpha = self.sample.alphas[timesteps].view(-1, 1, 1, 1)
+        alpha = self.alphas[timesteps].view(-1, 1, 1, 1)
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise  # q(x_t | x_0)
         sizes = self.sizes[torch.randint(len(SIZE_IDS), (len(index),), generator=generator)]
         y = torch.cat([pooled, sizes], dim=1)
