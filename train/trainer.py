@@ -177,7 +177,6 @@ class Trainer:
         try:
             self.output_shared = output_is_shared(self.accelerator, self.output_dir)
             if writes_shared_parts(self.accelerator, self.output_shared):
-                self.output_dir.mkdir(parents=True, exist_ok=True)
                 remove_staging_leftovers(self.checkpoints)
                 with atomic_path(self.output_dir / CONFIG_FILE_NAME) as temporary:
                     temporary.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))

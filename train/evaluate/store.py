@@ -66,7 +66,6 @@ class GenerationStore:
                     "Choose another output_dir, or delete that folder to start over."
                 )
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:
             temporary.write_text(json.dumps(settings, indent=2, sort_keys=True))
 
